@@ -1,0 +1,125 @@
+"""Tokenizers: character level, and byte-level BPE trained with the `tokenizers` library.
+
+A tokenizer is fitted once on the training text, saved as `tokenizer.json` in the workdir,
+and reloaded from there on resume, sampling and evaluation, so ids never drift between runs.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from genvis.errors import UserError
+
+FILENAME = "tokenizer.json"
+
+
+class CharTokenizer:
+  """One id per distinct character of the corpus (nanoGPT's shakespeare_char)."""
+
+  kind = "char"
+
+  def __init__(self, chars: str):
+    self.chars = chars
+    self._ids = {c: i for i, c in enumerate(chars)}
+
+  @classmethod
+  def fit(cls, text: str) -> "CharTokenizer":
+    return cls("".join(sorted(set(text))))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.chars)
+
+  def encode(self, text: str) -> np.ndarray:
+    try:
+      return np.fromiter((self._ids[c] for c in text), dtype=np.int32, count=len(text))
+    except KeyError as e:
+      raise UserError(f"character {e.args[0]!r} is not in the tokenizer's vocabulary "
+                      f"({self.vocab_size} characters)") from None
+
+  def decode(self, ids) -> str:
+    return "".join(self.chars[int(i)] for i in ids if 0 <= int(i) < len(self.chars))
+
+  def save(self, path: str):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({"kind": self.kind, "chars": self.chars}, f)
+
+
+class BPETokenizer:
+  """Byte-level BPE (GPT-2's scheme): any UTF-8 text encodes, nothing is out of vocabulary."""
+
+  kind = "bpe"
+  END_OF_TEXT = "<|endoftext|>"
+
+  def __init__(self, tokenizer):
+    self._tokenizer = tokenizer
+
+  @classmethod
+  def fit(cls, text: str, vocab_size: int) -> "BPETokenizer":
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=import-outside-toplevel
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[cls.END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    # Train on lines so the trainer sees many short sequences rather than one huge one.
+    tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    return cls(tokenizer)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tokenizer.get_vocab_size()
+
+  def encode(self, text: str) -> np.ndarray:
+    # Encode in chunks of lines: one call on a multi-megabyte string is slow and memory-hungry.
+    lines = text.splitlines(keepends=True) or [""]
+    encodings = self._tokenizer.encode_batch(lines)
+    return np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32)
+
+  def decode(self, ids) -> str:
+    return self._tokenizer.decode([int(i) for i in ids])
+
+  def save(self, path: str):
+    self._tokenizer.save(path)
+
+
+def fit(data_config, train_text: str, val_text: str = ""):
+  """A new tokenizer for `config.data.tokenizer`.
+
+  The character vocabulary covers train and validation text (as nanoGPT's), so no validation
+  character is unknown; BPE merges are learned from the training text alone.
+  """
+  kind = data_config.tokenizer
+  if kind == "char":
+    return CharTokenizer.fit(train_text + val_text)
+  if kind == "bpe":
+    if data_config.bpe_vocab_size < 257:
+      raise UserError(f"config.data.bpe_vocab_size={data_config.bpe_vocab_size} must be "
+                      "> 256 (the byte alphabet plus merges)")
+    return BPETokenizer.fit(train_text, data_config.bpe_vocab_size)
+  raise UserError(f"config.data.tokenizer={kind!r}: expected 'char' or 'bpe'")
+
+
+def load(path: str):
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  if saved.get("kind") == CharTokenizer.kind:
+    return CharTokenizer(saved["chars"])
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  return BPETokenizer(Tokenizer.from_file(path))
+
+
+def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None,
+                write: bool = True):
+  """The workdir's saved tokenizer if there is one, else a new one fitted (and saved when
+  `write`: only process 0 writes; every process fits the same tokenizer deterministically)."""
+  path = os.path.join(workdir, FILENAME) if workdir else None
+  if path and os.path.exists(path):
+    return load(path)
+  tokenizer = fit(data_config, train_text, val_text)
+  if path and write:
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer.save(path)
+  return tokenizer

@@ -1,0 +1,132 @@
+"""GPT: a decoder-only transformer language model (GPT-1, GPT-2, the GPT-3 sizes).
+
+tokens -> token embedding + learned position embedding -> dropout -> N blocks (pre-LN as in
+GPT-2, or post-LN as in GPT-1) -> final LayerNorm (GPT-2/3) -> logits through the token
+embedding (tied) or a separate head.
+
+`VARIANTS` names the published sizes; `config_for(name)` gives every field of one, which a
+config file may then override. CPU sizes "tiny" and "small" are nanoGPT's CPU and "baby GPT"
+Shakespeare settings; their vocabulary comes from the tokenizer (vocab_size=0).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genvis.nn import partitioning as P
+from genvis.nn.transformer import TransformerConfig, TransformerStack, layer_norm
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GPTConfig(TransformerConfig):
+  vocab_size: int  # 0: taken from the tokenizer
+  max_len: int = 1024  # context length (learned position embeddings)
+  final_norm: bool = True  # GPT-1 (post-LN) has none
+  tie_embeddings: bool = True
+
+
+_GPT2 = dict(max_len=1024, vocab_size=50257)
+_GPT3 = dict(max_len=2048, vocab_size=50257)
+
+# layers, width, heads (and head width where heads * head_dim != width) from the papers.
+VARIANTS = {
+    "tiny": dict(num_layers=4, d_model=128, num_heads=4, max_len=64, vocab_size=0),
+    "small": dict(num_layers=6, d_model=384, num_heads=6, max_len=256, vocab_size=0),
+    "gpt1": dict(num_layers=12, d_model=768, num_heads=12, max_len=512, vocab_size=40478,
+                 norm_position="post", final_norm=False),
+    "gpt2": dict(num_layers=12, d_model=768, num_heads=12, **_GPT2),
+    "gpt2-medium": dict(num_layers=24, d_model=1024, num_heads=16, **_GPT2),
+    "gpt2-large": dict(num_layers=36, d_model=1280, num_heads=20, **_GPT2),
+    "gpt2-xl": dict(num_layers=48, d_model=1600, num_heads=25, **_GPT2),
+    # Brown et al. 2020, Table 2.1. Its XL row (24 heads x 128 = 3072 != 2048) contradicts
+    # its own 1.3B total, which needs heads x head_dim = 2048: we use 16 x 128 (as Megatron
+    # does). Its 13B row keeps 40 x 128 = 5120 next to d_model = 5140, as printed.
+    "gpt3-small": dict(num_layers=12, d_model=768, num_heads=12, head_dim=64, **_GPT3),
+    "gpt3-medium": dict(num_layers=24, d_model=1024, num_heads=16, head_dim=64, **_GPT3),
+    "gpt3-large": dict(num_layers=24, d_model=1536, num_heads=16, head_dim=96, **_GPT3),
+    "gpt3-xl": dict(num_layers=24, d_model=2048, num_heads=16, head_dim=128, **_GPT3),
+    "gpt3-2.7b": dict(num_layers=32, d_model=2560, num_heads=32, head_dim=80, **_GPT3),
+    "gpt3-6.7b": dict(num_layers=32, d_model=4096, num_heads=32, head_dim=128, **_GPT3),
+    "gpt3-13b": dict(num_layers=40, d_model=5140, num_heads=40, head_dim=128, **_GPT3),
+    "gpt3-175b": dict(num_layers=96, d_model=12288, num_heads=96, head_dim=128, **_GPT3),
+}
+
+
+def config_for(variant: str, **overrides) -> dict:
+  """Every GPTConfig field for a named variant, as a plain dict (for config files)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown GPT variant {variant!r}; known: {', '.join(VARIANTS)}")
+  fields = {f.name: f.default for f in dataclasses.fields(GPTConfig)
+            if f.default is not dataclasses.MISSING}
+  return {**fields, **VARIANTS[variant], **overrides}
+
+
+class GPT(nn.Module):
+  """Decoder-only transformer. `decode=True` runs incrementally against a KV cache."""
+
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, tokens, *, train: bool = False, decode: bool = False):
+    cfg = self.config
+    if tokens.shape[1] > cfg.max_len:
+      raise ValueError(f"sequence length {tokens.shape[1]} > model.max_len={cfg.max_len}")
+    dtype, param_dtype = P.dtype(cfg.dtype), P.dtype(cfg.param_dtype)
+    wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+                   embedding_init=P.param_init(nn.initializers.normal(cfg.init_std),
+                                               (P.VOCAB, P.EMBED)),
+                   name="wte")
+    wpe = self.param("wpe", P.param_init(nn.initializers.normal(cfg.init_std), (None, P.EMBED)),
+                     (cfg.max_len, cfg.d_model), param_dtype)
+
+    x = wte(tokens) + jnp.take(wpe, self._positions(tokens, decode), axis=0).astype(dtype)
+    x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+    x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
+    x = TransformerStack(cfg, train, decode, name="blocks")(x)
+    if cfg.final_norm:
+      x = layer_norm(cfg, "ln_f")(x)
+    if cfg.tie_embeddings:
+      logits = wte.attend(x)
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                        kernel_init=P.param_init(nn.initializers.normal(cfg.init_std),
+                                                 (P.EMBED, P.VOCAB)),
+                        name="head")(x)
+    return P.constrain(logits.astype(jnp.float32), (P.BATCH, P.LENGTH, P.VOCAB))
+
+  def _positions(self, tokens, decode: bool):
+    positions = jnp.arange(tokens.shape[1])
+    if not decode:
+      return positions
+    initialised = self.has_variable("cache", "position_index")
+    index = self.variable("cache", "position_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialised:
+      return positions
+    start = index.value
+    index.value = start + tokens.shape[1]
+    return start + positions
+
+
+def flops_per_token(config: GPTConfig, num_params: int, seq_len: int) -> float:
+  """Training FLOPs per token: 6N for the matmuls with parameters (forward + backward)
+  plus 12·L·d·T for attention scores and values (Kaplan et al. 2020; PaLM appendix B).
+
+  N excludes the position embedding, which is a lookup, not a matmul.
+  """
+  n = num_params - config.max_len * config.d_model
+  d_attention = config.num_heads * config.attention_head_dim
+  return 6 * n + 12 * config.num_layers * d_attention * seq_len
+
+
+def abstract_params(config: GPTConfig):
+  """Parameter shapes (no memory allocated), with logical-axis boxes removed."""
+  model = GPT(config)
+  tokens = jax.ShapeDtypeStruct((1, min(8, config.max_len)), jnp.int32)
+  variables = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)
+  return nn.meta.unbox(variables["params"])
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

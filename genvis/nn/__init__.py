@@ -1,0 +1,1 @@
+"""Reusable Linen layers shared by every model family."""

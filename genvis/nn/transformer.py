@@ -1,0 +1,128 @@
+"""Transformer blocks (pre-LN as in GPT-2, post-LN as in GPT-1) and a stack of them.
+
+The stack can apply its layers through `nn.scan` (one compiled layer body, parameters stacked
+along a leading "layers" axis: fast compiles for deep models) and `nn.remat` (recompute
+activations in the backward pass to save memory), both chosen by config.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+
+from genvis.nn import partitioning as P
+from genvis.nn.attention import SelfAttention
+from genvis.nn.mlp import Mlp
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+  """Hyper-parameters of a stack of transformer blocks."""
+
+  num_layers: int
+  d_model: int
+  num_heads: int
+  head_dim: int = 0  # 0: d_model // num_heads (GPT-3 13B has heads * head_dim != d_model)
+  mlp_dim: int = 0  # 0: 4 * d_model
+  dropout: float = 0.0
+  norm_position: str = "pre"  # "pre" (GPT-2) or "post" (GPT-1)
+  layer_norm_epsilon: float = 1e-5
+  causal: bool = True
+  init_std: float = 0.02
+  scan_layers: bool = False
+  remat: str = "none"  # "none", "full" or "dots"
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  @property
+  def attention_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.mlp_dim or 4 * self.d_model
+
+  @property
+  def residual_std(self) -> float:
+    # GPT-2: residual projections scaled by 1/sqrt(N) with N = 2 residual adds per layer.
+    return self.init_std / math.sqrt(2 * self.num_layers)
+
+
+def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_epsilon,
+      dtype=P.dtype(config.dtype),
+      param_dtype=P.dtype(config.param_dtype),
+      scale_init=P.param_init(nn.initializers.ones, (P.EMBED,)),
+      bias_init=P.param_init(nn.initializers.zeros, (P.EMBED,)),
+      name=name,
+  )
+
+
+class Block(nn.Module):
+  """One transformer block. Returns (x, None) so the same module works under `nn.scan`."""
+
+  config: TransformerConfig
+  train: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, _=None):
+    cfg = self.config
+    attention = SelfAttention(
+        num_heads=cfg.num_heads,
+        head_dim=cfg.attention_head_dim,
+        causal=cfg.causal,
+        init_std=cfg.init_std,
+        out_std=cfg.residual_std,
+        decode=self.decode,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        name="attn",
+    )
+    mlp = Mlp(cfg.hidden_dim, cfg.init_std, cfg.residual_std, cfg.dtype, cfg.param_dtype,
+              name="mlp")
+    dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
+    if cfg.norm_position == "pre":
+      x = x + dropout(attention(layer_norm(cfg, "ln_1")(x)))
+      x = x + dropout(mlp(layer_norm(cfg, "ln_2")(x)))
+    else:
+      x = layer_norm(cfg, "ln_1")(x + dropout(attention(x)))
+      x = layer_norm(cfg, "ln_2")(x + dropout(mlp(x)))
+    return P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED)), None
+
+
+class TransformerStack(nn.Module):
+  """`num_layers` blocks, looped or scanned, optionally rematerialised."""
+
+  config: TransformerConfig
+  train: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    block = Block
+    if cfg.remat != "none":
+      if cfg.remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={cfg.remat!r}: expected none, {', '.join(REMAT_POLICIES)}")
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      scanned = nn.scan(
+          block,
+          variable_axes={"params": 0, "cache": 0},
+          split_rngs={"params": True, "dropout": True},
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: P.LAYERS},
+      )
+      x, _ = scanned(cfg, self.train, self.decode, name="layers")(x, None)
+      return x
+    for i in range(cfg.num_layers):
+      x, _ = block(cfg, self.train, self.decode, name=f"layer_{i}")(x)
+    return x

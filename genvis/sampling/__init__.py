@@ -1,0 +1,1 @@
+"""Autoregressive decoding: compiled loops with explicit KV caches."""

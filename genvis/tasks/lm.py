@@ -1,0 +1,102 @@
+"""Language modelling: next-token cross-entropy on windows of a token stream."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from genvis.data import batching, text_sources, tokenizers
+from genvis.errors import UserError
+from genvis.models import gpt
+from genvis.sampling import generate
+from genvis.tasks.base import Task
+
+
+class LanguageModelTask(Task):
+  """GPT pre-training on text from `config.data`, tokenized per `config.data.tokenizer`."""
+
+  def __init__(self, config, workdir, *, process_index=0, process_count=1):
+    super().__init__(config, workdir, process_index=process_index, process_count=process_count)
+    train_text, val_text = text_sources.load_text_splits(config.data)
+    self.tokenizer = tokenizers.fit_or_load(config.data, train_text, val_text, workdir,
+                                            write=process_index == 0)
+    self.model_config = self._resolve_model_config(config)
+    self.model = gpt.GPT(self.model_config)
+    self.seq_len = config.data.seq_len or self.model_config.max_len
+    if self.seq_len > self.model_config.max_len:
+      raise UserError(f"config.data.seq_len={self.seq_len} > model.max_len="
+                      f"{self.model_config.max_len}")
+    self.train_windows = batching.TokenWindows(
+        self.tokenizer.encode(train_text), self.seq_len, config.data.batch_size,
+        seed=config.seed, name="the training split")
+    self.val_windows = batching.TokenWindows(
+        self.tokenizer.encode(val_text), self.seq_len, config.data.batch_size,
+        seed=config.seed + 1, name="the validation split")
+
+  def _resolve_model_config(self, config) -> gpt.GPTConfig:
+    """The model config, with vocab_size=0 filled in from the tokenizer (also in `config`,
+    so the resolved value is what workdir/config.json records)."""
+    vocab = self.tokenizer.vocab_size
+    if config.model.vocab_size == 0:
+      config.model.vocab_size = vocab
+    elif config.model.vocab_size < vocab:
+      raise UserError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
+                      f"the tokenizer's vocabulary ({vocab})")
+    return gpt.GPTConfig(**config.model.to_dict())
+
+  def batch_spec(self):
+    shape = (self.config.data.batch_size, self.seq_len)
+    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32)}
+
+  def init_variables(self, rng):
+    return self.model.init(rng, jnp.zeros((1, self.seq_len), jnp.int32))
+
+  def train_batch(self, step):
+    return self.train_windows.batch(step, self.process_index, self.process_count)
+
+  def eval_batches(self):
+    for i in range(self.config.eval.num_batches):
+      yield self.val_windows.batch(i, self.process_index, self.process_count)
+
+  def loss_fn(self, params, batch, rng, *, train):
+    logits = self.model.apply({"params": params}, batch["inputs"], train=train,
+                              rngs={"dropout": rng})
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+    return loss, {"loss": loss}
+
+  def flops_per_step(self, num_params):
+    per_token = gpt.flops_per_token(self.model_config, num_params, self.seq_len)
+    return per_token * self.tokens_per_step()
+
+  def tokens_per_step(self):
+    return self.config.data.batch_size * self.seq_len
+
+  def metadata(self):
+    return {"task": "lm", "model": dataclasses.asdict(self.model_config),
+            "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size}
+
+  def encode_prompt(self, prompt: str) -> np.ndarray:
+    """Token ids of a prompt; an empty prompt starts from a newline / end-of-text token."""
+    if not prompt:
+      prompt = tokenizers.BPETokenizer.END_OF_TEXT if self.tokenizer.kind == "bpe" else "\n"
+    ids = self.tokenizer.encode(prompt)
+    if len(ids) == 0:
+      raise UserError(f"config.sample.prompt={prompt!r} encodes to no tokens")
+    return ids
+
+  def sample(self, params, rng):
+    cfg = self.config.sample
+    if cfg.num_samples == 0:
+      return {}
+    prompt = self.encode_prompt(cfg.prompt)
+    max_len = self.model_config.max_len
+    max_new_tokens = cfg.max_new_tokens or max_len - len(prompt)  # 0: fill the context
+    generate.check_length(len(prompt), max_new_tokens, max_len)
+    prompts = np.repeat(prompt[None], cfg.num_samples, axis=0)
+    tokens = generate.generate(self.model, params, jnp.asarray(prompts), rng,
+                               max_new_tokens=max_new_tokens,
+                               temperature=cfg.temperature, top_k=cfg.top_k)
+    return {"texts": [self.tokenizer.decode(row) for row in np.asarray(tokens)]}

@@ -1,0 +1,1 @@
+"""The generic trainer: state, optimizer, mesh and sharding, steps, checkpoints, logging."""

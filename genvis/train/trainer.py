@@ -1,0 +1,302 @@
+"""The generic training loop, for every task.
+
+    Trainer(config, workdir).train()
+
+1. builds the task (data + model), the mesh and the logical sharding rules;
+2. derives the state's shardings from the parameters' logical axis names, and initialises the
+   state under `jax.jit(out_shardings=)`, so full weights never sit on one device;
+3. resumes from the newest readable checkpoint in workdir/checkpoints, if any;
+4. compiles the step once, ahead of time, as `jax.jit(in_shardings=, out_shardings=,
+   donate_argnums=)`;
+5. loops: global batch from this process's rows -> step -> metrics, progress bar, eval,
+   checkpoints, samples, and a clean save-and-exit on SIGTERM (preemption).
+"""
+
+import contextlib
+import json
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import tqdm
+
+from genvis import config_lib
+from genvis.errors import UserError
+from genvis.tasks import build_task
+from genvis.train import mesh as mesh_lib
+from genvis.train import mfu as mfu_lib
+from genvis.train.checkpoint import Checkpointer
+from genvis.train.metric_writers import MetricWriter, plot_loss_curve
+from genvis.train.optimizer import make_optimizer, schedule
+from genvis.train.preemption import StopSignal
+from genvis.train.state import TrainState
+from genvis.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+  """A non-finite loss or gradient norm; the state before it was kept."""
+
+
+class Trainer:
+  """Owns the mesh, the sharded state, the compiled steps, checkpoints and logging."""
+
+  def __init__(self, config, workdir: str, devices=None):
+    """`devices` restricts the mesh to a subset (default: all devices of all processes)."""
+    self.config = config
+    self.workdir = workdir
+    self.is_primary = jax.process_index() == 0
+    self.task = build_task(config, workdir, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+    if self.is_primary:
+      config_lib.write_config(config, workdir)  # after the task resolved e.g. vocab_size
+    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+    self.rules = mesh_lib.rules(config.mesh)
+    self.tx = make_optimizer(config.optim, config.train.steps)
+    self.lr_schedule = schedule(config.optim, config.train.steps)
+    self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
+    mesh_lib.check_divisible(self.task.batch_spec(), self.batch_sharding)
+    self._derive_state_shardings()
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     every=config.checkpoint.every, keep=config.checkpoint.keep,
+                                     async_save=config.checkpoint.async_save)
+    self.writer = MetricWriter(workdir, enabled=self.is_primary)
+
+  # ----------------------------------------------------------------------------- state
+  def sharding_context(self):
+    """Mesh and logical rules in scope, so Linen's logical constraints resolve."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def _init_state(self, rng) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    params = nn.meta.unbox(self.task.init_variables(init_rng)["params"])
+    ema = params if self.config.train.ema_decay > 0 else None
+    return TrainState(step=np.int32(0), params=params, opt_state=self.tx.init(params),
+                      rng=state_rng, ema_params=ema)
+
+  def _derive_state_shardings(self):
+    rng = jax.random.PRNGKey(self.config.seed)
+    with self.sharding_context():
+      boxed_params = jax.eval_shape(lambda r: self.task.init_variables(r)["params"], rng)
+      abstract = jax.eval_shape(self._init_state, rng)
+    replicated = mesh_lib.replicated(self.mesh)
+    params = mesh_lib.logical_shardings(boxed_params, self.mesh, self.rules)
+    # Optimizer moments shard like the parameters they track; counters are replicated.
+    opt_state = optax.tree_map_params(self.tx, lambda _, sharding: sharding, abstract.opt_state,
+                                      params, transform_non_params=lambda _: replicated)
+    self.state_shardings = TrainState(
+        step=replicated, params=params, opt_state=opt_state, rng=replicated,
+        ema_params=params if abstract.ema_params is not None else None)
+    self.abstract_state = jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        abstract, self.state_shardings)
+    self.num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+
+  def check_checkpoint_meta(self, saved: dict, where: str):
+    """Refuse a checkpoint whose model differs from the config's (runtime-only fields such as
+    dropout, remat and compute dtype may change between runs)."""
+    current = self.task.metadata()
+    runtime_only = {"dropout", "remat", "dtype"}
+    saved_model, model = saved.get("model", {}), current.get("model", {})
+    differences = [f"model.{k}={saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now"
+                   for k in sorted(set(saved_model) | set(model))
+                   if k not in runtime_only and saved_model.get(k) != model.get(k)]
+    differences += [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+                    for k in sorted(set(saved) | set(current))
+                    if k != "model" and saved.get(k) != current.get(k)]
+    if differences:
+      raise UserError(f"checkpoint {where} was written by a different model: "
+                      + "; ".join(differences[:3]))
+
+  def restore_or_init(self) -> TrainState:
+    restored = self.checkpointer.restore(self.abstract_state, self.check_checkpoint_meta)
+    if restored is not None:
+      state, _, step = restored
+      log.info("resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
+      return state
+    with self.sharding_context():
+      init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+      return init(jax.random.PRNGKey(self.config.seed))
+
+  def restore_latest(self) -> TrainState:
+    """The newest checkpoint's state; an error if the workdir has none (eval/sample modes)."""
+    restored = self.checkpointer.restore(self.abstract_state, self.check_checkpoint_meta)
+    if restored is None:
+      raise UserError(f"no checkpoint in {self.checkpointer.directory}; train first")
+    return restored[0]
+
+  # ----------------------------------------------------------------------------- steps
+  def global_batch(self, local: dict) -> dict:
+    """Assemble the global jax.Array from this process's rows."""
+    return {
+        name: jax.make_array_from_process_local_data(
+            self.batch_sharding, value, (value.shape[0] * jax.process_count(), *value.shape[1:]))
+        for name, value in local.items()
+    }
+
+  def compile_train_step(self):
+    step = make_train_step(self.task, self.tx,
+                           grad_accum_steps=self.config.train.grad_accum_steps,
+                           ema_decay=self.config.train.ema_decay)
+    replicated = mesh_lib.replicated(self.mesh)
+    jitted = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                     out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.batch_sharding)
+             for k, s in self.task.batch_spec().items()}
+    self._check_grad_accum(batch)
+    with self.sharding_context():
+      return jitted.lower(self.abstract_state, batch).compile()
+
+  def _check_grad_accum(self, batch):
+    accum = self.config.train.grad_accum_steps
+    for name, spec in batch.items():
+      if accum < 1 or spec.shape[0] % accum:
+        raise UserError(f"config.train.grad_accum_steps={accum} must divide the batch "
+                        f"{name!r} of size {spec.shape[0]}")
+
+  def evaluate(self, params) -> dict:
+    """Mean of the task's metrics over its held-out batches."""
+    if not hasattr(self, "_eval_step"):
+      self._eval_step = jax.jit(make_eval_step(self.task),
+                                out_shardings=mesh_lib.replicated(self.mesh))
+    totals, count = {}, 0
+    if self.config.eval.num_batches == 0:
+      return {}
+    with self.sharding_context():
+      for local in self.task.eval_batches():
+        metrics = jax.device_get(self._eval_step(params, self.global_batch(local)))
+        for k, v in metrics.items():
+          totals[k] = totals.get(k, 0.0) + float(v)
+        count += 1
+    return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+  def sample(self, params, step: int) -> dict:
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 2), step)
+    with self.sharding_context():
+      samples = self.task.sample(params, rng)
+    if self.is_primary and samples.get("texts"):
+      path = os.path.join(self.workdir, f"samples_step{step}.txt")
+      with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n---\n\n".join(samples["texts"]))
+    return samples
+
+  # ----------------------------------------------------------------------------- loop
+  def train(self) -> dict:
+    cfg = self.config.train
+    total = cfg.steps
+    state = self.restore_or_init()
+    start = int(jax.device_get(state.step))
+    compile_start = time.perf_counter()
+    train_step = self.compile_train_step()
+    log.info("compiled the train step in %.1fs", time.perf_counter() - compile_start)
+    peak = mfu_lib.total_peak_flops()
+    flops_per_step = self.task.flops_per_step(self.num_params)
+    stop = StopSignal(install=jax.process_count() == 1)
+    progress = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                         disable=not (self.is_primary and cfg.progress_bar))
+    summary = {"start_step": start, "params": self.num_params}
+    pending, window_start, window_steps = [], time.perf_counter(), 0
+    step = start
+    try:
+      while step < total:
+        state, metrics = train_step(state, self.global_batch(self.task.train_batch(step)))
+        pending.append((step, metrics))
+        step += 1
+        window_steps += 1
+        preempted = stop.requested(step, self.checkpointer)
+        eval_due = self._due(self.config.eval.every, step, total)
+        save_due = self.checkpointer.should_save(step) or step == total or preempted
+        if step % cfg.log_every == 0 or eval_due or save_due:
+          record = self._flush(pending)  # raises TrainingDiverged before anything is saved
+          elapsed = time.perf_counter() - window_start
+          record.update(self._throughput(window_steps, elapsed, flops_per_step, peak))
+          record["lr"] = float(self.lr_schedule(step - 1))
+          if eval_due:
+            record.update(self.evaluate(state.params))
+          self.writer.write(step, record)
+          summary.update(record)
+          progress.set_postfix(self._postfix(record), refresh=False)
+          pending, window_start, window_steps = [], time.perf_counter(), 0
+        if save_due:
+          self.checkpointer.save(step, state, self.task.metadata())
+        if self._due(self.config.sample.every, step, total) and step < total:
+          self._print_samples(self.sample(state.params, step), progress)
+        progress.update(1)
+        if preempted:
+          log.warning("stop requested (SIGTERM): saved step %d, exiting", step)
+          summary["preempted"] = True
+          break
+    finally:
+      progress.close()
+      stop.uninstall()
+      self.checkpointer.wait()
+    summary["step"] = step
+    if step >= total and not summary.get("preempted"):
+      self._finish(state, step, summary, start)
+    self.checkpointer.close()
+    self.writer.close()
+    return summary
+
+  def _finish(self, state, step, summary, start):
+    if start >= step:  # nothing trained in this run: evaluate what was restored
+      summary.update(self.evaluate(state.params))
+    if self.is_primary:
+      plot_loss_curve(self.workdir)
+    samples = self.sample(state.params, step)
+    summary["samples"] = samples.get("texts", [])
+    self._print_samples(samples, None)
+
+  @staticmethod
+  def _due(every: int, step: int, total: int) -> bool:
+    return step == total or (every > 0 and step % every == 0)
+
+  def _flush(self, pending) -> dict:
+    """Fetch the metrics of steps since the last flush; stop at the first non-finite one."""
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), metrics in zip(pending, fetched):
+      if not metrics["finite"]:
+        raise TrainingDiverged(
+            f"non-finite loss or gradient at step {step} (loss={float(metrics['loss'])}, "
+            f"grad_norm={float(metrics['grad_norm'])}); stopped without saving it — the "
+            f"newest checkpoint in {self.checkpointer.directory} is from before")
+    keys = [k for k in fetched[-1] if k != "finite"]
+    return {k: float(np.mean([m[k] for m in fetched])) for k in keys}
+
+  def _throughput(self, steps, seconds, flops_per_step, peak) -> dict:
+    if steps == 0 or seconds <= 0:
+      return {}
+    out = {"steps_per_s": steps / seconds,
+           "tokens_per_s": steps * self.task.tokens_per_step() / seconds}
+    if peak:
+      out["mfu"] = steps * flops_per_step / seconds / peak
+    return out
+
+  @staticmethod
+  def _postfix(record) -> dict:
+    postfix = {"loss": f"{record['loss']:.4f}"}
+    if "val_loss" in record:
+      postfix["val"] = f"{record['val_loss']:.4f}"
+    if "tokens_per_s" in record:
+      postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"
+    if "mfu" in record:
+      postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
+    return postfix
+
+  def _print_samples(self, samples, progress):
+    if not self.is_primary:
+      return
+    write = progress.write if progress is not None else print
+    for i, text in enumerate(samples.get("texts", [])):
+      write(f"--- sample {i} ---\n{text}")
+
+
+def summary_json(summary: dict) -> str:
+  return json.dumps({k: v for k, v in summary.items() if k != "samples"}, sort_keys=True)

@@ -1,0 +1,62 @@
+"""Shared test set-up: 8 simulated CPU devices (set before JAX starts) and tiny configs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A GPT small enough to compile in seconds, on the embedded corpus.
+TINY_OVERRIDES = {
+    "model.num_layers": 2,
+    "model.d_model": 32,
+    "model.num_heads": 4,
+    "model.max_len": 16,
+    "data.batch_size": 8,
+    "train.steps": 5,
+    "train.log_every": 1,
+    "train.progress_bar": False,
+    "optim.warmup_steps": 2,
+    "eval.every": 0,
+    "eval.num_batches": 2,
+    "checkpoint.every": 1000,
+    "sample.num_samples": 1,
+    "sample.max_new_tokens": 4,
+}
+
+
+def tiny_config(**overrides):
+  """configs/gpt_lm.py with a tiny model; keyword overrides use '__' for '.'."""
+  from genvis import config_lib  # pylint: disable=import-outside-toplevel
+  extra = {k.replace("__", "."): v for k, v in overrides.items()}
+  return config_lib.load_config(os.path.join(REPO, "configs/gpt_lm.py:size=tiny"),
+                                {**TINY_OVERRIDES, **extra})
+
+
+def cli_overrides(**overrides) -> list[str]:
+  """The tiny config as `--config.key=value` flags for `python -m genvis.main`."""
+  merged = {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}
+  return [f"--config.{k}={v}" for k, v in merged.items()]
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config
+
+
+def main_command(workdir, *flags, spec="configs/gpt_lm.py:size=tiny", **overrides) -> list[str]:
+  """argv for `python -m genvis.main` on the tiny config."""
+  import sys  # pylint: disable=import-outside-toplevel
+  return [sys.executable, "-m", "genvis.main", f"--config={os.path.join(REPO, spec)}",
+          f"--workdir={workdir}", *cli_overrides(**overrides), *flags]
+
+
+def run_main(workdir, *flags, timeout=300, env=None, **overrides):
+  """Run genvis.main in a subprocess; returns the CompletedProcess (text output)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  return subprocess.run(main_command(workdir, *flags, **overrides), cwd=REPO, timeout=timeout,
+                        capture_output=True, text=True, env=env, check=False)

@@ -1,0 +1,124 @@
+"""GPT: shapes, causality, parameter counts of the named variants, options."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genvis.models import gpt
+
+SMALL = dict(vocab_size=37, num_layers=2, d_model=32, num_heads=4, max_len=16)
+
+
+def make(**overrides):
+  config = gpt.GPTConfig(**gpt.config_for("tiny", **{**SMALL, **overrides}))
+  model = gpt.GPT(config)
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"])
+  return model, params
+
+
+@pytest.fixture(scope="module")
+def small_model():
+  return make()
+
+
+def test_logits_shape_and_dtype(small_model):
+  model, params = small_model
+  tokens = jnp.ones((3, 10), jnp.int32)
+  logits = model.apply({"params": params}, tokens)
+  chex.assert_shape(logits, (3, 10, 37))
+  chex.assert_type(logits, jnp.float32)
+  chex.assert_tree_all_finite(logits)
+
+
+def test_causality_future_tokens_do_not_change_past_logits(small_model):
+  model, params = small_model
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 37, size=(2, 16))
+  changed = tokens.copy()
+  t = 7
+  changed[:, t + 1:] = rng.integers(0, 37, size=(2, 16 - t - 1))
+  base = model.apply({"params": params}, tokens)
+  other = model.apply({"params": params}, changed)
+  np.testing.assert_allclose(base[:, :t + 1], other[:, :t + 1], rtol=1e-6, atol=1e-6)
+  # The check can fail: a later position does see the change.
+  assert np.abs(base[:, t + 1:] - other[:, t + 1:]).max() > 1e-3
+
+
+# Hugging Face GPT2LMHeadModel / OpenAIGPTLMHeadModel parameter counts (tied head).
+EXACT_COUNTS = {
+    "gpt1": 116_534_784,
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+}
+# Brown et al. 2020, Table 2.1 (rounded to the figures printed there).
+GPT3_COUNTS = {
+    "gpt3-small": 125e6, "gpt3-medium": 350e6, "gpt3-large": 760e6, "gpt3-xl": 1.3e9,
+    "gpt3-2.7b": 2.7e9, "gpt3-6.7b": 6.7e9, "gpt3-13b": 13.0e9, "gpt3-175b": 175.0e9,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(EXACT_COUNTS))
+def test_parameter_count_matches_hugging_face(variant):
+  config = gpt.GPTConfig(**gpt.config_for(variant))
+  assert gpt.count_params(gpt.abstract_params(config)) == EXACT_COUNTS[variant]
+
+
+@pytest.mark.parametrize("variant", sorted(GPT3_COUNTS))
+def test_parameter_count_matches_gpt3_paper(variant):
+  config = gpt.GPTConfig(**gpt.config_for(variant))
+  count = gpt.count_params(gpt.abstract_params(config))
+  # The paper rounds to two or three significant figures: within 2 %.
+  assert abs(count - GPT3_COUNTS[variant]) / GPT3_COUNTS[variant] < 0.02
+
+
+def test_gpt3_13b_has_heads_times_head_dim_unequal_to_width():
+  params = gpt.abstract_params(gpt.GPTConfig(**gpt.config_for("gpt3-13b")))
+  chex.assert_shape(params["blocks"]["layer_0"]["attn"]["qkv"]["kernel"], (5140, 3, 40, 128))
+
+
+def test_scan_and_remat_give_the_same_function_as_the_loop():
+  model, params = make()
+  scanned_model, _ = make(scan_layers=True, remat="full")
+  # Stack the per-layer parameters along a leading axis, as nn.scan lays them out.
+  layers = [params["blocks"][f"layer_{i}"] for i in range(2)]
+  scanned = {**params, "blocks": {"layers": jax.tree.map(lambda *x: jnp.stack(x), *layers)}}
+  tokens = jnp.arange(24).reshape(2, 12) % 37
+  np.testing.assert_allclose(model.apply({"params": params}, tokens),
+                             scanned_model.apply({"params": scanned}, tokens), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_residual_projections_use_scaled_init():
+  _, params = make(num_layers=8, d_model=64)
+  proj = params["blocks"]["layer_0"]["mlp"]["proj"]["kernel"]
+  fc = params["blocks"]["layer_0"]["mlp"]["fc"]["kernel"]
+  assert abs(float(jnp.std(fc)) - 0.02) < 0.002
+  assert abs(float(jnp.std(proj)) - 0.02 / 4.0) < 0.001  # 0.02 / sqrt(2 * 8)
+
+
+def test_post_ln_gpt1_style_has_no_final_norm():
+  _, params = make(norm_position="post", final_norm=False)
+  assert "ln_f" not in params
+
+
+def test_bfloat16_compute_runs_on_cpu():
+  model, params = make(dtype="bfloat16")
+  logits = model.apply({"params": params}, jnp.ones((2, 8), jnp.int32))
+  chex.assert_type(logits, jnp.float32)  # logits are returned in float32 for the loss
+  chex.assert_tree_all_finite(logits)
+  # The matmuls ran in bf16: the result differs from float32 compute at bf16 precision.
+  f32_model, _ = make()
+  diff = np.abs(np.asarray(logits) - np.asarray(f32_model.apply({"params": params},
+                                                                 jnp.ones((2, 8), jnp.int32))))
+  assert 0 < diff.max() < 0.1
+
+
+def test_sequence_longer_than_context_is_an_error(small_model):
+  model, params = small_model
+  with pytest.raises(ValueError, match="max_len=16"):
+    model.apply({"params": params}, jnp.ones((1, 17), jnp.int32))

@@ -1,0 +1,78 @@
+"""The command line: train -> eval -> sample on a workdir, and one-line errors."""
+
+import json
+import os
+
+import pytest
+
+from conftest import run_main
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  result = run_main(workdir, train__steps=6, eval__every=3)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir, result
+
+
+def test_train_writes_config_metrics_curve_tensorboard_and_samples(trained_workdir):
+  workdir, result = trained_workdir
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  assert config["train"]["steps"] == 6
+  assert config["model"]["vocab_size"] > 50  # resolved from the tokenizer
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+  assert "val_loss" in records[2] and "val_loss" in records[5]
+  assert all(0 < r["mfu"] < 1 and r["tokens_per_s"] > 0 for r in records)
+  assert os.path.getsize(os.path.join(workdir, "loss.png")) > 1000
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
+  assert "--- sample 0 ---" in result.stdout
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary["step"] == 6 and summary["val_loss"] > 0
+
+
+def test_eval_and_sample_modes_use_the_latest_checkpoint(trained_workdir):
+  workdir, _ = trained_workdir
+  evaluated = run_main(workdir, "--mode=eval", train__steps=6)
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert json.loads(evaluated.stdout.strip().splitlines()[-1])["step"] == 6
+  sampled = run_main(workdir, "--mode=sample", train__steps=6, sample__prompt="The ",
+                     sample__max_new_tokens=8)
+  assert sampled.returncode == 0, sampled.stderr[-2000:]
+  assert "--- sample 0 ---\nThe " in sampled.stdout
+
+
+def one_line_error(result) -> str:
+  assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  return lines[0]
+
+
+def test_unknown_config_key_is_named(tmp_path):
+  line = one_line_error(run_main(str(tmp_path), "--config.train.stepz=3"))
+  assert "unknown config key 'train.stepz'" in line
+  assert "did you mean 'steps'" in line
+
+
+def test_missing_data_file_is_named(tmp_path):
+  line = one_line_error(run_main(str(tmp_path), spec="configs/gpt_lm.py:size=tiny,data=file",
+                                 data__path="/no/such/corpus.txt"))
+  assert "config.data.path='/no/such/corpus.txt': no such file" in line
+
+
+def test_prompt_longer_than_the_context_is_named(trained_workdir):
+  workdir, _ = trained_workdir
+  line = one_line_error(run_main(workdir, "--mode=sample", train__steps=6,
+                                 sample__prompt="x" * 40))
+  assert "longer than the model's context (model.max_len=16)" in line
+
+
+def test_checkpoint_from_a_different_model_is_named(trained_workdir):
+  workdir, _ = trained_workdir
+  line = one_line_error(run_main(workdir, "--mode=eval", train__steps=6, model__d_model=64))
+  assert "different model: model.d_model=32 in the checkpoint, 64 now" in line

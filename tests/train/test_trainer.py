@@ -1,0 +1,152 @@
+"""The generic trainer on a tiny GPT: overfitting, sharding equivalence, accumulation,
+non-finite guard, restoring onto another mesh, refusing another model's checkpoint."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from genvis.errors import UserError
+from genvis.train.trainer import Trainer, TrainingDiverged
+
+NO_EXTRAS = dict(sample__num_samples=0, eval__num_batches=0)
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def params_of(state):
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def test_a_tiny_batch_is_overfit(tmp_path):
+  config = tiny_config(train__steps=150, optim__lr=1e-2, optim__warmup_steps=5,
+                       optim__decay="constant", optim__weight_decay=0.0,
+                       **NO_EXTRAS)
+  trainer = Trainer(config, str(tmp_path))
+  state = trainer.restore_or_init()
+  step = trainer.compile_train_step()
+  batch = trainer.global_batch(trainer.task.train_batch(0))  # the same batch every step
+  history = []
+  for _ in range(150):
+    state, metrics = step(state, batch)
+    history.append(float(metrics["loss"]))
+  assert history[0] > 3.0  # ~ln(vocab) at init
+  assert history[-1] < 0.05, history[-10:]
+
+
+MESHES = {
+    "data_parallel": (8, 1, 1),
+    "fsdp": (1, 8, 1),
+    "tensor_parallel": (2, 1, 4),
+    "all_three": (2, 2, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def single_device_losses(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("single"))
+  Trainer(tiny_config(mesh__shape=(1, 1, 1), **NO_EXTRAS), workdir,
+          devices=jax.devices()[:1]).train()
+  return losses(workdir)
+
+
+@pytest.mark.parametrize("name", sorted(MESHES))
+def test_sharded_training_matches_one_device(name, single_device_losses, tmp_path):
+  trainer = Trainer(tiny_config(mesh__shape=MESHES[name], **NO_EXTRAS), str(tmp_path))
+  state = trainer.restore_or_init()
+  kernel = state.params["blocks"]["layer_0"]["mlp"]["fc"]["kernel"]
+  # The parameters really are split as the mesh says: (embed, mlp) -> (fsdp, tensor).
+  _, fsdp, tensor = MESHES[name]
+  assert kernel.addressable_shards[0].data.shape == (32 // fsdp, 128 // tensor)
+  trainer.train()
+  # float32 on CPU; sharded reductions sum in a different order: agree to 1e-5.
+  np.testing.assert_allclose(losses(str(tmp_path)), single_device_losses, rtol=1e-5)
+  assert len(single_device_losses) == 5
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+  states = []
+  for accum in (1, 4):
+    trainer = Trainer(tiny_config(train__grad_accum_steps=accum, **NO_EXTRAS),
+                      str(tmp_path / f"accum{accum}"))
+    state, step = trainer.restore_or_init(), trainer.compile_train_step()
+    for s in range(3):
+      state, _ = step(state, trainer.global_batch(trainer.task.train_batch(s)))
+    states.append(params_of(state))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), *states)
+
+
+def test_ema_tracks_parameters(tmp_path):
+  trainer = Trainer(tiny_config(train__ema_decay=0.5, **NO_EXTRAS), str(tmp_path))
+  state, step = trainer.restore_or_init(), trainer.compile_train_step()
+  before = params_of(state)
+  state, _ = step(state, trainer.global_batch(trainer.task.train_batch(0)))
+  after, ema = params_of(state), jax.tree.map(np.asarray, jax.device_get(state.ema_params))
+  expected = jax.tree.map(lambda b, a: 0.5 * b + 0.5 * a, before, after)
+  jax.tree.map(lambda e, x: np.testing.assert_allclose(e, x, rtol=1e-6, atol=1e-7), ema, expected)
+
+
+def test_non_finite_loss_stops_at_its_step_and_is_never_saved(tmp_path):
+  config = tiny_config(train__steps=8, checkpoint__every=2, **NO_EXTRAS)
+  trainer = Trainer(config, str(tmp_path))
+  poison = trainer.task.train_batch(3)["inputs"].sum()
+  loss_fn = trainer.task.loss_fn
+
+  def poisoned(params, batch, rng, *, train):
+    loss, metrics = loss_fn(params, batch, rng, train=train)
+    loss = jnp.where(batch["inputs"].sum() == poison, jnp.nan, loss)
+    return loss, {**metrics, "loss": loss}
+
+  trainer.task.loss_fn = poisoned
+  with pytest.raises(TrainingDiverged, match="at step 3 "):
+    trainer.train()
+  assert trainer.checkpointer.all_steps() == [2]
+  state = Trainer(config, str(tmp_path)).restore_latest()
+  assert int(state.step) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params_of(state)))
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  Trainer(tiny_config(mesh__shape=(8, 1, 1), **NO_EXTRAS), str(tmp_path)).train()
+  saved = Trainer(tiny_config(mesh__shape=(8, 1, 1), **NO_EXTRAS), str(tmp_path))
+  expected = params_of(saved.restore_latest())
+  other = Trainer(tiny_config(mesh__shape=(1, 2, 4), **NO_EXTRAS), str(tmp_path))
+  state = other.restore_latest()
+  kernel = state.params["blocks"]["layer_0"]["mlp"]["fc"]["kernel"]
+  assert kernel.sharding.mesh.shape == {"data": 1, "fsdp": 2, "tensor": 4}
+  assert kernel.addressable_shards[0].data.shape == (16, 32)
+  jax.tree.map(np.testing.assert_array_equal, params_of(state), expected)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+  Trainer(tiny_config(**NO_EXTRAS), str(tmp_path)).train()
+  other = Trainer(tiny_config(model__num_layers=3, **NO_EXTRAS), str(tmp_path))
+  with pytest.raises(UserError, match=r"different model: model.num_layers=2 in the "
+                                      r"checkpoint, 3 now") as error:
+    other.restore_or_init()
+  assert "\n" not in str(error.value)
+  assert other.checkpointer.all_steps() == [5]  # nothing was touched
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  config = tiny_config(train__steps=4, checkpoint__every=2, **NO_EXTRAS)
+  Trainer(config, str(tmp_path)).train()
+  checkpoints = tmp_path / "checkpoints"
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2", "4"]
+  for path in (checkpoints / "4" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(b"garbage")
+  trainer = Trainer(config, str(tmp_path))
+  with caplog.at_level("WARNING"):
+    state = trainer.restore_or_init()
+  assert int(state.step) == 2
+  assert "unreadable" in caplog.text
+  assert (checkpoints / "corrupt-4").is_dir()  # kept for inspection, out of the way
+  assert trainer.checkpointer.all_steps() == [2]
