@@ -1,0 +1,90 @@
+"""Text sources, tokenizers and deterministic batching."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from genvis.data import batching, text_sources, tokenizers
+from genvis.errors import UserError
+
+
+def data_config(**overrides):
+  return ml_collections.ConfigDict({
+      "source": "embedded", "path": "", "val_fraction": 0.1, "tokenizer": "char",
+      "bpe_vocab_size": 300, **overrides})
+
+
+def test_embedded_corpus_is_the_cpython_docs_and_splits_90_10():
+  text = text_sources.embedded_corpus()
+  assert len(text) > 400_000 and "assignment statement" in text.lower()
+  train, val = text_sources.load_text_splits(data_config())
+  assert train + val == text and abs(len(val) / len(text) - 0.1) < 1e-3
+
+
+def test_file_source_and_its_errors(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text("abcdefghij" * 10, encoding="utf-8")
+  train, val = text_sources.load_text_splits(data_config(source="file", path=str(path)))
+  assert len(train) == 90 and len(val) == 10
+  with pytest.raises(UserError, match="config.data.path=.*no such file"):
+    text_sources.load_text_splits(data_config(source="file", path=str(tmp_path / "nope")))
+  (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00abc")
+  with pytest.raises(UserError, match="is not UTF-8"):
+    text_sources.load_text_splits(data_config(source="file", path=str(tmp_path / "bad.txt")))
+  with pytest.raises(UserError, match="config.data.source='nope'"):
+    text_sources.load_text_splits(data_config(source="nope"))
+
+
+def test_char_tokenizer_round_trips_and_reloads(tmp_path):
+  tokenizer = tokenizers.fit(data_config(), "hello world", "!")
+  assert tokenizer.vocab_size == len(set("hello world!"))
+  ids = tokenizer.encode("hello world!")
+  assert tokenizer.decode(ids) == "hello world!"
+  tokenizer.save(str(tmp_path / "t.json"))
+  np.testing.assert_array_equal(tokenizers.load(str(tmp_path / "t.json")).encode("hello"),
+                                tokenizer.encode("hello"))
+  with pytest.raises(UserError, match="'Z' is not in the tokenizer"):
+    tokenizer.encode("Z")
+
+
+def test_bpe_tokenizer_has_the_requested_vocab_and_round_trips(tmp_path):
+  text = text_sources.embedded_corpus()[:50_000]
+  tokenizer = tokenizers.fit(data_config(tokenizer="bpe", bpe_vocab_size=400), text)
+  assert tokenizer.vocab_size == 400
+  sample = "The assignment statement, naïve café ✓\n"
+  ids = tokenizer.encode(sample)
+  assert tokenizer.decode(ids) == sample  # byte level: nothing is out of vocabulary
+  assert len(ids) < len(sample.encode("utf-8"))  # merges compress
+  tokenizer.save(str(tmp_path / "bpe.json"))
+  np.testing.assert_array_equal(tokenizers.load(str(tmp_path / "bpe.json")).encode(sample), ids)
+
+
+def test_fit_or_load_prefers_the_workdirs_tokenizer(tmp_path):
+  first = tokenizers.fit_or_load(data_config(), "abc", "", str(tmp_path))
+  again = tokenizers.fit_or_load(data_config(), "xyz", "", str(tmp_path))
+  assert again.chars == first.chars == "abc"
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+  tokens = np.arange(1000, dtype=np.int32)
+  windows = batching.TokenWindows(tokens, seq_len=8, global_batch=6, seed=3)
+  a, b = windows.batch(7), batching.TokenWindows(tokens, 8, 6, seed=3).batch(7)
+  np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  np.testing.assert_array_equal(a["targets"], a["inputs"] + 1)  # next-token targets
+  assert not np.array_equal(windows.batch(8)["inputs"], a["inputs"])
+  assert not np.array_equal(batching.TokenWindows(tokens, 8, 6, seed=4).batch(7)["inputs"],
+                            a["inputs"])
+
+
+def test_each_process_gets_its_own_rows_of_the_global_batch():
+  windows = batching.TokenWindows(np.arange(500, dtype=np.int32), 4, 6, seed=0)
+  whole = windows.batch(2)["inputs"]
+  parts = [windows.batch(2, process_index=p, process_count=3)["inputs"] for p in range(3)]
+  np.testing.assert_array_equal(np.concatenate(parts), whole)
+  with pytest.raises(UserError, match="batch_size=6 is not divisible by the 4 processes"):
+    windows.batch(2, process_index=0, process_count=4)
+
+
+def test_too_little_text_is_a_clear_error():
+  with pytest.raises(UserError, match="fewer than one window"):
+    batching.TokenWindows(np.arange(5, dtype=np.int32), 8, 2, seed=0, name="the training split")

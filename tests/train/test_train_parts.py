@@ -1,0 +1,79 @@
+"""Mesh resolution, optimizer and schedule, TensorBoard files, MFU peak."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from genvis.errors import UserError
+from genvis.train import event_file, mesh, mfu, optimizer
+
+
+def test_mesh_shape_fills_minus_one_and_rejects_bad_shapes():
+  assert mesh.mesh_shape((-1, 1, 1), 8) == (8, 1, 1)
+  assert mesh.mesh_shape((2, -1, 2), 8) == (2, 2, 2)
+  for bad, message in [((3, -1, 1), "does not divide"), ((2, 2, 1), "needs 4 devices"),
+                       ((-1, -1, 1), "at most one -1"), ((8, 1), "must give 3 sizes")]:
+    with pytest.raises(UserError, match=message):
+      mesh.mesh_shape(bad, 8)
+
+
+def test_mesh_axes_are_auto_and_rules_resolve():
+  config = ml_collections.ConfigDict({"shape": (2, 2, 2), "rules": mesh.DEFAULT_RULES})
+  m = mesh.make_mesh(config)
+  assert m.axis_names == mesh.AXES
+  assert all(t == jax.sharding.AxisType.Auto for t in m.axis_types)
+  assert mesh.batch_sharding(m, mesh.rules(config)).spec[0] == ("data", "fsdp")
+
+
+def optim_config(**overrides):
+  return ml_collections.ConfigDict({
+      "name": "adamw", "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10, "decay": "cosine",
+      "decay_steps": 0, "b1": 0.9, "b2": 0.99, "eps": 1e-8, "weight_decay": 0.1,
+      "clip_norm": 1.0, **overrides})
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+  schedule = optimizer.schedule(optim_config(), 110)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(5e-4)
+  assert float(schedule(10)) == pytest.approx(1e-3)
+  assert float(schedule(60)) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-4)
+  assert float(schedule(110)) == pytest.approx(1e-4)
+  linear = optimizer.schedule(optim_config(decay="linear"), 110)
+  assert float(linear(60)) == pytest.approx(5.5e-4, rel=1e-4)
+  with pytest.raises(UserError, match="config.optim.decay='step'"):
+    optimizer.schedule(optim_config(decay="step"), 10)
+
+
+def test_weight_decay_only_on_matrices():
+  params = {"kernel": np.ones((2, 3), np.float32), "bias": np.ones(3, np.float32),
+            "scale": np.ones(3, np.float32)}
+  tx = optimizer.make_optimizer(optim_config(lr=0.1, warmup_steps=0, decay="constant",
+                                             weight_decay=0.5), 10)
+  grads = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Zero gradients: only decoupled weight decay moves a parameter, by -lr * wd * value.
+  np.testing.assert_allclose(updates["kernel"], -0.05, rtol=1e-6)
+  assert np.all(updates["bias"] == 0) and np.all(updates["scale"] == 0)
+
+
+def test_crc32c_known_answer():
+  assert event_file.crc32c(b"123456789") == 0xE3069283
+
+
+def test_tensorboard_reads_our_event_file(tmp_path):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # pylint: disable=import-outside-toplevel
+  writer = event_file.EventFileWriter(str(tmp_path))
+  writer.scalars(1, {"loss": 2.5})
+  writer.scalars(2, {"loss": 1.5})
+  writer.close()
+  accumulator = EventAccumulator(str(tmp_path))
+  accumulator.Reload()
+  assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(1, 2.5), (2, 1.5)]
+
+
+def test_cpu_peak_is_measured_and_plausible():
+  peak = mfu.device_peak_flops()
+  assert 1e9 < peak < 1e13
+  assert mfu.device_peak_flops() == peak  # measured once per process
