@@ -178,8 +178,9 @@ def estimate_val_loss(model, data, rng, c):
   return float(np.mean(losses))
 
 
-def run(config_name, data_path, *, seed=1337, peak_flops=None,
-        max_iters=None, log=print):
+def run(config_name: str, data_path: str, *, seed: int = 1337,
+        peak_flops: float | None = None, max_iters: int | None = None,
+        log=print) -> dict:
   c = dict(CONFIGS[config_name])
   if max_iters is not None:
     c['max_iters'] = max_iters
