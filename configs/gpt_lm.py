@@ -54,6 +54,7 @@ def get_config(arg=None):
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99)
   elif variant["size"] == "small":  # nanoGPT's "baby GPT" Shakespeare recipe
     c.model.dropout = 0.2
+    c.model.attention_dropout = 0.2
     c.data.batch_size = 64
     c.train.steps = 5000
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99)

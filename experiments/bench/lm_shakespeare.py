@@ -33,7 +33,8 @@ from genvis.train.trainer import Trainer  # pylint: disable=wrong-import-positio
 
 SETTINGS = {
     "tiny": dict(size="tiny", steps=2000, timed_steps=None, overrides={}),
-    "baby": dict(size="small", steps=5000, timed_steps=20, overrides={"model.dropout": 0.2}),
+    "baby": dict(size="small", steps=5000, timed_steps=20, overrides={"model.dropout": 0.2,
+                                                            "model.attention_dropout": 0.2}),
 }
 
 

@@ -32,8 +32,10 @@ _GPT3 = dict(max_len=2048, vocab_size=50257)
 
 # layers, width, heads (and head width where heads * head_dim != width) from the papers.
 VARIANTS = {
-    "tiny": dict(num_layers=4, d_model=128, num_heads=4, max_len=64, vocab_size=0),
-    "small": dict(num_layers=6, d_model=384, num_heads=6, max_len=256, vocab_size=0),
+    "tiny": dict(num_layers=4, d_model=128, num_heads=4, max_len=64, vocab_size=0,
+                 use_bias=False),
+    "small": dict(num_layers=6, d_model=384, num_heads=6, max_len=256, vocab_size=0,
+                  use_bias=False),
     "gpt1": dict(num_layers=12, d_model=768, num_heads=12, max_len=512, vocab_size=40478,
                  norm_position="post", final_norm=False),
     "gpt2": dict(num_layers=12, d_model=768, num_heads=12, **_GPT2),

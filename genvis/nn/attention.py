@@ -1,8 +1,9 @@
 """Multi-head self-attention through `jax.nn.dot_product_attention`, with a KV cache.
 
 Going through `jax.nn.dot_product_attention` lets GPUs take the fused cuDNN kernel for bf16
-and CPUs/TPUs the XLA one, from the same code. (It has no dropout on attention weights, so
-none is applied there; residual and embedding dropout are unaffected.)
+and CPUs/TPUs the XLA one, from the same code. That function has no dropout on the attention
+weights, so when training with `dropout_rate > 0` (GPT-1/2's attn_pdrop) the weights are
+computed explicitly instead (`attention_with_dropout`): same math, plus dropout.
 
 Decoding keeps the keys and values of earlier positions in the "cache" collection:
 `cached_key`/`cached_value` of shape [batch, cache_len, heads, head_dim] and the number of
@@ -25,8 +26,11 @@ class SelfAttention(nn.Module):
   num_heads: int
   head_dim: int
   causal: bool = True
+  dropout_rate: float = 0.0  # on the attention weights, in training only
+  deterministic: bool = True
   init_std: float = 0.02
   out_std: float = 0.02
+  use_bias: bool = True
   decode: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -35,20 +39,23 @@ class SelfAttention(nn.Module):
   def __call__(self, x):
     d_model = x.shape[-1]
     qkv = DenseND((3, self.num_heads, self.head_dim), (P.EMBED, None, P.HEADS, P.HEAD_DIM),
-                  init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="qkv")(x)
+                  init_std=self.init_std, use_bias=self.use_bias, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, heads, head_dim]
 
     if self.decode and self.has_variable("cache", "cached_key"):
       out = self._attend_with_cache(q, k, v)
+    elif self.dropout_rate > 0 and not self.deterministic:
+      out = attention_with_dropout(q, k, v, self.causal, self.dropout_rate,
+                                   self.make_rng("dropout"))
     else:
       if self.decode:  # the first (initialising) call only creates the cache
         self._cache_variables(k, v)
       out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
     out = P.constrain(out, (P.BATCH, P.LENGTH, P.HEADS, P.HEAD_DIM))
     return DenseND((d_model,), (P.HEADS, P.HEAD_DIM, P.EMBED), contract_dims=2,
-                   init_std=self.out_std, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="out")(out)
+                   init_std=self.out_std, use_bias=self.use_bias, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="out")(out)
 
   def _cache_variables(self, k, v):
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
@@ -72,3 +79,19 @@ class SelfAttention(nn.Module):
     if not self.causal:
       mask = jnp.broadcast_to(key_pos[None, :] < start + chunk, mask.shape)
     return jax.nn.dot_product_attention(q, keys, values, mask=mask[None, None])
+
+
+def attention_with_dropout(q, k, v, causal: bool, rate: float, rng):
+  """softmax(q k^T / sqrt(d)) with dropout on the weights, then times v; [B, T, N, H] in/out.
+
+  Scores and softmax are in float32 whatever the compute dtype, as in the fused kernels.
+  """
+  scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+  if causal:
+    t, s = scores.shape[-2:]
+    scores = jnp.where(jnp.tril(jnp.ones((t, s), bool)), scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1)
+  keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
+  weights = jnp.where(keep, weights / (1.0 - rate), 0.0).astype(v.dtype)
+  return jnp.einsum("bnts,bsnh->btnh", weights, v)

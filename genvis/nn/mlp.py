@@ -12,6 +12,7 @@ class Mlp(nn.Module):
   hidden_dim: int
   init_std: float = 0.02
   out_std: float = 0.02
+  use_bias: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -20,6 +21,7 @@ class Mlp(nn.Module):
     d_model = x.shape[-1]
     dense = lambda features, std, names, name: nn.Dense(
         features,
+        use_bias=self.use_bias,
         dtype=P.dtype(self.dtype),
         param_dtype=P.dtype(self.param_dtype),
         kernel_init=P.param_init(nn.initializers.normal(std), names),

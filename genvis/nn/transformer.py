@@ -30,9 +30,11 @@ class TransformerConfig:
   num_heads: int
   head_dim: int = 0  # 0: d_model // num_heads (GPT-3 13B has heads * head_dim != d_model)
   mlp_dim: int = 0  # 0: 4 * d_model
-  dropout: float = 0.0
+  dropout: float = 0.0  # on embeddings and residual branches
+  attention_dropout: float = 0.0  # on attention weights
   norm_position: str = "pre"  # "pre" (GPT-2) or "post" (GPT-1)
   layer_norm_epsilon: float = 1e-5
+  use_bias: bool = True  # in dense layers and LayerNorms (nanoGPT's bias=False drops them)
   causal: bool = True
   init_std: float = 0.02
   scan_layers: bool = False
@@ -57,6 +59,7 @@ class TransformerConfig:
 def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
       epsilon=config.layer_norm_epsilon,
+      use_bias=config.use_bias,
       dtype=P.dtype(config.dtype),
       param_dtype=P.dtype(config.param_dtype),
       scale_init=P.param_init(nn.initializers.ones, (P.EMBED,)),
@@ -79,15 +82,18 @@ class Block(nn.Module):
         num_heads=cfg.num_heads,
         head_dim=cfg.attention_head_dim,
         causal=cfg.causal,
+        dropout_rate=cfg.attention_dropout,
+        deterministic=not self.train,
         init_std=cfg.init_std,
         out_std=cfg.residual_std,
+        use_bias=cfg.use_bias,
         decode=self.decode,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         name="attn",
     )
-    mlp = Mlp(cfg.hidden_dim, cfg.init_std, cfg.residual_std, cfg.dtype, cfg.param_dtype,
-              name="mlp")
+    mlp = Mlp(cfg.hidden_dim, cfg.init_std, cfg.residual_std, cfg.use_bias, cfg.dtype,
+              cfg.param_dtype, name="mlp")
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
     if cfg.norm_position == "pre":
       x = x + dropout(attention(layer_norm(cfg, "ln_1")(x)))

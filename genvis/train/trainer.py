@@ -104,7 +104,7 @@ class Trainer:
     """Refuse a checkpoint whose model differs from the config's (runtime-only fields such as
     dropout, remat and compute dtype may change between runs)."""
     current = self.task.metadata()
-    runtime_only = {"dropout", "remat", "dtype"}
+    runtime_only = {"dropout", "attention_dropout", "remat", "dtype"}
     saved_model, model = saved.get("model", {}), current.get("model", {})
     differences = [f"model.{k}={saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now"
                    for k in sorted(set(saved_model) | set(model))

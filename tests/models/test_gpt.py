@@ -12,10 +12,16 @@ from genvis.models import gpt
 SMALL = dict(vocab_size=37, num_layers=2, d_model=32, num_heads=4, max_len=16)
 
 
+def apply(model, params, tokens, **kwargs):
+  """model.apply, compiled (eager Linen calls dispatch op by op and are slow)."""
+  return jax.jit(model.apply, static_argnames=("train",))({"params": params}, tokens, **kwargs)
+
+
 def make(**overrides):
   config = gpt.GPTConfig(**gpt.config_for("tiny", **{**SMALL, **overrides}))
   model = gpt.GPT(config)
-  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"])
+  init = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 16), jnp.int32))["params"])
+  params = nn.meta.unbox(init(jax.random.key(0)))
   return model, params
 
 
@@ -27,7 +33,7 @@ def small_model():
 def test_logits_shape_and_dtype(small_model):
   model, params = small_model
   tokens = jnp.ones((3, 10), jnp.int32)
-  logits = model.apply({"params": params}, tokens)
+  logits = apply(model, params, tokens)
   chex.assert_shape(logits, (3, 10, 37))
   chex.assert_type(logits, jnp.float32)
   chex.assert_tree_all_finite(logits)
@@ -40,8 +46,8 @@ def test_causality_future_tokens_do_not_change_past_logits(small_model):
   changed = tokens.copy()
   t = 7
   changed[:, t + 1:] = rng.integers(0, 37, size=(2, 16 - t - 1))
-  base = model.apply({"params": params}, tokens)
-  other = model.apply({"params": params}, changed)
+  base = apply(model, params, tokens)
+  other = apply(model, params, changed)
   np.testing.assert_allclose(base[:, :t + 1], other[:, :t + 1], rtol=1e-6, atol=1e-6)
   # The check can fail: a later position does see the change.
   assert np.abs(base[:, t + 1:] - other[:, t + 1:]).max() > 1e-3
@@ -88,9 +94,8 @@ def test_scan_and_remat_give_the_same_function_as_the_loop():
   layers = [params["blocks"][f"layer_{i}"] for i in range(2)]
   scanned = {**params, "blocks": {"layers": jax.tree.map(lambda *x: jnp.stack(x), *layers)}}
   tokens = jnp.arange(24).reshape(2, 12) % 37
-  np.testing.assert_allclose(model.apply({"params": params}, tokens),
-                             scanned_model.apply({"params": scanned}, tokens), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(apply(model, params, tokens),
+                             apply(scanned_model, scanned, tokens), rtol=1e-5, atol=1e-5)
 
 
 def test_residual_projections_use_scaled_init():
@@ -108,17 +113,40 @@ def test_post_ln_gpt1_style_has_no_final_norm():
 
 def test_bfloat16_compute_runs_on_cpu():
   model, params = make(dtype="bfloat16")
-  logits = model.apply({"params": params}, jnp.ones((2, 8), jnp.int32))
+  logits = apply(model, params, jnp.ones((2, 8), jnp.int32))
   chex.assert_type(logits, jnp.float32)  # logits are returned in float32 for the loss
   chex.assert_tree_all_finite(logits)
   # The matmuls ran in bf16: the result differs from float32 compute at bf16 precision.
   f32_model, _ = make()
-  diff = np.abs(np.asarray(logits) - np.asarray(f32_model.apply({"params": params},
-                                                                 jnp.ones((2, 8), jnp.int32))))
+  diff = np.abs(np.asarray(logits)
+                - np.asarray(apply(f32_model, params, jnp.ones((2, 8), jnp.int32))))
   assert 0 < diff.max() < 0.1
 
 
 def test_sequence_longer_than_context_is_an_error(small_model):
   model, params = small_model
   with pytest.raises(ValueError, match="max_len=16"):
-    model.apply({"params": params}, jnp.ones((1, 17), jnp.int32))
+    apply(model, params, jnp.ones((1, 17), jnp.int32))
+
+
+def test_attention_dropout_path_matches_the_fused_path_without_dropout():
+  from genvis.nn.attention import attention_with_dropout  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 9, 3, 8)), jnp.float32) for _ in range(3))
+  fused = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  # rate -> 0: every weight kept, so the explicit path must equal the fused one.
+  explicit = attention_with_dropout(q, k, v, True, 1e-9, jax.random.key(0))
+  np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-6)
+  dropped = attention_with_dropout(q, k, v, True, 0.5, jax.random.key(0))
+  assert np.abs(np.asarray(dropped) - np.asarray(fused)).max() > 1e-2
+
+
+def test_training_with_attention_dropout_is_seeded_and_eval_is_deterministic():
+  model, params = make(dropout=0.1, attention_dropout=0.1)
+  tokens = jnp.ones((2, 8), jnp.int32)
+  run = lambda seed: apply(model, params, tokens, train=True,
+                          rngs={"dropout": jax.random.key(seed)})
+  np.testing.assert_array_equal(run(0), run(0))
+  assert np.abs(np.asarray(run(0)) - np.asarray(run(1))).max() > 1e-4
+  np.testing.assert_array_equal(apply(model, params, tokens),
+                                apply(model, params, tokens))

@@ -29,7 +29,7 @@ CONFIGS = {
                learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99,
                weight_decay=0.1, eval_iters=0, skip_iters=2, timed_only=True),
 }
-BIAS = True  # Linear/LayerNorm biases, as GPTConfig's default.
+BIAS = False  # no Linear/LayerNorm biases: nanoGPT's train.py default (bias=False).
 GRAD_CLIP = 1.0
 
 
