@@ -71,13 +71,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   del argv
   from genvis.errors import UserError  # pylint: disable=import-outside-toplevel
-  from genvis.train.trainer import summary_json  # pylint: disable=import-outside-toplevel
-  logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
+  from genvis.train.trainer import TrainingDiverged, summary_json  # pylint: disable=import-outside-toplevel
+  # Keep genvis' own INFO lines (compile time, resume step); Orbax and JAX chat through absl
+  # and the "jax" logger at INFO ("Unable to initialize backend 'tpu'", every file closed).
+  for noisy in ("absl", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     summary = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1 if type(e).__name__ == "TrainingDiverged" else 2)
+    sys.exit(1 if isinstance(e, TrainingDiverged) else 2)
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(summary_json(summary))

@@ -6,8 +6,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # pylint: disable=wrong-import-position
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A GPT small enough to compile in seconds, on the embedded corpus.
@@ -41,11 +39,6 @@ def cli_overrides(**overrides) -> list[str]:
   """The tiny config as `--config.key=value` flags for `python -m genvis.main`."""
   merged = {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}
   return [f"--config.{k}={v}" for k, v in merged.items()]
-
-
-@pytest.fixture
-def tiny():
-  return tiny_config
 
 
 def main_command(workdir, *flags, spec="configs/gpt_lm.py:size=tiny", **overrides) -> list[str]:

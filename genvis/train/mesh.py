@@ -83,13 +83,9 @@ def _divisible_or_replicated(leaf, sharding: NamedSharding) -> NamedSharding:
   spec = list(sharding.spec) + [None] * (len(leaf.shape) - len(sharding.spec))
   for dim, axes in enumerate(spec):
     names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    if leaf.shape[dim] % math.prod(mesh_axis_size(sharding.mesh, a) for a in names):
+    if leaf.shape[dim] % math.prod(sharding.mesh.shape[a] for a in names):
       spec[dim] = None
   return NamedSharding(sharding.mesh, PartitionSpec(*spec))
-
-
-def mesh_axis_size(mesh, axis: str) -> int:
-  return mesh.shape[axis]
 
 
 def batch_sharding(mesh, axis_rules) -> NamedSharding:

@@ -66,6 +66,8 @@ class Trainer:
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
                                      async_save=config.checkpoint.async_save)
     self.writer = MetricWriter(workdir, enabled=self.is_primary)
+    self._eval_step = jax.jit(make_eval_step(self.task),
+                              out_shardings=mesh_lib.replicated(self.mesh))
 
   # ----------------------------------------------------------------------------- state
   def sharding_context(self):
@@ -164,9 +166,6 @@ class Trainer:
 
   def evaluate(self, params) -> dict:
     """Mean of the task's metrics over its held-out batches."""
-    if not hasattr(self, "_eval_step"):
-      self._eval_step = jax.jit(make_eval_step(self.task),
-                                out_shardings=mesh_lib.replicated(self.mesh))
     totals, count = {}, 0
     if self.config.eval.num_batches == 0:
       return {}
@@ -214,7 +213,8 @@ class Trainer:
         preempted = stop.requested(step, self.checkpointer)
         eval_due = self._due(self.config.eval.every, step, total)
         save_due = self.checkpointer.should_save(step) or step == total or preempted
-        if step % cfg.log_every == 0 or eval_due or save_due:
+        flush = step % cfg.log_every == 0 or eval_due or save_due
+        if flush:
           record = self._flush(pending)  # raises TrainingDiverged before anything is saved
           elapsed = time.perf_counter() - window_start
           record.update(self._throughput(window_steps, elapsed, flops_per_step, peak))
@@ -224,11 +224,12 @@ class Trainer:
           self.writer.write(step, record)
           summary.update(record)
           progress.set_postfix(self._postfix(record), refresh=False)
-          pending, window_start, window_steps = [], time.perf_counter(), 0
         if save_due:
           self.checkpointer.save(step, state, self.task.metadata())
         if self._due(self.config.sample.every, step, total) and step < total:
           self._print_samples(self.sample(state.params, step), progress)
+        if flush:  # throughput windows time training only, not eval, saves or samples
+          pending, window_start, window_steps = [], time.perf_counter(), 0
         progress.update(1)
         if preempted:
           log.warning("stop requested (SIGTERM): saved step %d, exiting", step)
