@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 
 from genvis.nn import partitioning as P
+from genvis.nn.dense import DenseND
 
 
 class Mlp(nn.Module):
@@ -18,18 +19,11 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    d_model = x.shape[-1]
-    dense = lambda features, std, names, name: nn.Dense(
-        features,
-        use_bias=self.use_bias,
-        dtype=P.dtype(self.dtype),
-        param_dtype=P.dtype(self.param_dtype),
-        kernel_init=P.param_init(nn.initializers.normal(std), names),
-        bias_init=P.param_init(nn.initializers.zeros, names[-1:]),
-        name=name,
-    )
-    h = dense(self.hidden_dim, self.init_std, (P.EMBED, P.MLP), "fc")(x)
+    dense = lambda features, axes, std, name: DenseND(
+        (features,), axes, init_std=std, use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    h = dense(self.hidden_dim, (P.EMBED, P.MLP), self.init_std, "fc")(x)
     # GPT-1/2 use the tanh approximation of GELU ("gelu_new" in Hugging Face).
     h = jax.nn.gelu(h, approximate=True)
     h = P.constrain(h, (P.BATCH, P.LENGTH, P.MLP))
-    return dense(d_model, self.out_std, (P.MLP, P.EMBED), "proj")(h)
+    return dense(x.shape[-1], (P.MLP, P.EMBED), self.out_std, "proj")(h)
