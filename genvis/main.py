@@ -33,8 +33,7 @@ def run(config, workdir: str, mode: str) -> dict:
   if mode == "eval":
     return {"step": step, **trainer.evaluate(state.params)}
   samples = trainer.sample(state.params, step)
-  for i, text in enumerate(samples.get("texts", [])):
-    print(f"--- sample {i} ---\n{text}")
+  trainer.print_samples(samples, None)
   return {"step": step}
 
 

@@ -28,7 +28,7 @@ class TokenWindows:
 
   def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
                name: str = "data"):
-    if len(tokens) < seq_len + 2:
+    if len(tokens) < seq_len + 1:
       raise UserError(f"{name} has {len(tokens)} tokens, fewer than one window of "
                       f"seq_len + 1 = {seq_len + 1}; use more text or a shorter model.max_len")
     self.tokens = tokens
@@ -38,7 +38,8 @@ class TokenWindows:
 
   def starts(self, step: int) -> np.ndarray:
     rng = np.random.default_rng([self.seed, step])
-    return rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.global_batch)
+    # A window of seq_len + 1 tokens may start anywhere up to len - seq_len - 1.
+    return rng.integers(0, len(self.tokens) - self.seq_len, size=self.global_batch)
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     starts = self.starts(step)[process_rows(self.global_batch, process_index, process_count)]

@@ -117,9 +117,22 @@ def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None
   `write`: only process 0 writes; every process fits the same tokenizer deterministically)."""
   path = os.path.join(workdir, FILENAME) if workdir else None
   if path and os.path.exists(path):
-    return load(path)
+    return _check_matches(load(path), data_config, path)
   tokenizer = fit(data_config, train_text, val_text)
   if path and write:
     os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(path)
+    temporary = path + ".tmp"  # written whole, then renamed: a crash never leaves half a file
+    tokenizer.save(temporary)
+    os.replace(temporary, path)
+  return tokenizer
+
+
+def _check_matches(tokenizer, data_config, path: str):
+  """A workdir's tokenizer must be the one the config asks for."""
+  if tokenizer.kind != data_config.tokenizer:
+    raise UserError(f"{path} is a {tokenizer.kind!r} tokenizer but config.data.tokenizer="
+                    f"{data_config.tokenizer!r}; use a new workdir")
+  if tokenizer.kind == "bpe" and tokenizer.vocab_size != data_config.bpe_vocab_size:
+    raise UserError(f"{path} has {tokenizer.vocab_size} tokens but config.data.bpe_vocab_size="
+                    f"{data_config.bpe_vocab_size}; use a new workdir")
   return tokenizer

@@ -1,7 +1,8 @@
 """Multi-head self-attention through `jax.nn.dot_product_attention`, with a KV cache.
 
-Going through `jax.nn.dot_product_attention` lets GPUs take the fused cuDNN kernel for bf16
-and CPUs/TPUs the XLA one, from the same code. That function has no dropout on the attention
+Attention goes through `jax.nn.dot_product_attention`, so the implementation JAX picks (the
+XLA one today; a fused cuDNN kernel on GPUs is the planned GPU-speed work) serves every
+platform from the same code. That function has no dropout on the attention
 weights, so when training with `dropout_rate > 0` (GPT-1/2's attn_pdrop) the weights are
 computed explicitly instead (`attention_with_dropout`): same math, plus dropout.
 

@@ -26,6 +26,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 def dtype(name: str):
   """The jnp dtype for a config string such as "bfloat16"."""
+  if name not in DTYPES:
+    from genvis.errors import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError(f"dtype {name!r} (config.model.dtype / param_dtype): expected one of "
+                    f"{', '.join(DTYPES)}")
   return DTYPES[name]
 
 

@@ -11,6 +11,7 @@ import math
 import flax.linen as nn
 import jax
 
+from genvis.errors import UserError
 from genvis.nn import partitioning as P
 from genvis.nn.attention import SelfAttention
 from genvis.nn.mlp import Mlp
@@ -41,6 +42,14 @@ class TransformerConfig:
   remat: str = "none"  # "none", "full" or "dots"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+
+  def __post_init__(self):
+    choices = {"norm_position": ("pre", "post"), "remat": ("none", *REMAT_POLICIES)}
+    for key, allowed in choices.items():
+      if getattr(self, key) not in allowed:
+        raise UserError(f"config.model.{key}={getattr(self, key)!r}: expected one of "
+                        f"{', '.join(allowed)}")
+    P.dtype(self.dtype), P.dtype(self.param_dtype)  # pylint: disable=expression-not-assigned
 
   @property
   def attention_head_dim(self) -> int:
@@ -116,8 +125,6 @@ class TransformerStack(nn.Module):
     cfg = self.config
     block = Block
     if cfg.remat != "none":
-      if cfg.remat not in REMAT_POLICIES:
-        raise ValueError(f"model.remat={cfg.remat!r}: expected none, {', '.join(REMAT_POLICIES)}")
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       scanned = nn.scan(

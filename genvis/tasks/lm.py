@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
@@ -99,4 +100,5 @@ class LanguageModelTask(Task):
     tokens = generate.generate(self.model, params, jnp.asarray(prompts), rng,
                                max_new_tokens=max_new_tokens,
                                temperature=cfg.temperature, top_k=cfg.top_k)
+    tokens = multihost_utils.process_allgather(tokens, tiled=True)  # rows may be sharded
     return {"texts": [self.tokenizer.decode(row) for row in np.asarray(tokens)]}

@@ -35,9 +35,6 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
@@ -47,8 +44,6 @@ class Checkpointer:
 
   def save(self, step: int, state, meta: dict) -> bool:
     """Start an async save of `step` (returns once the arrays are copied off the devices)."""
-    if step in self._manager.all_steps():
-      return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return self._manager.save(step, args=args, force=True)
 
@@ -60,15 +55,15 @@ class Checkpointer:
     args = ocp.args.Composite(meta=ocp.args.JsonRestore())
     return self._manager.restore(step, args=args)["meta"]
 
-  def restore(self, abstract_state, check_meta: Callable[[dict], None] | None = None,
-              step: int | None = None) -> tuple[Any, dict, int] | None:
+  def restore(self, abstract_state, check_meta: Callable[[dict, str], None] | None = None
+              ) -> tuple[Any, dict, int] | None:
     """(state, meta, step) from the newest readable checkpoint, or None if there is none.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings: the arrays are laid
     out as it says, whatever mesh wrote them. `check_meta` may raise UserError to refuse a
     checkpoint of a different model; that error is not treated as corruption.
     """
-    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    steps = sorted(self._manager.all_steps(), reverse=True)
     unreadable = []
     for candidate in steps:
       try:
@@ -101,6 +96,7 @@ class Checkpointer:
       if os.path.isdir(source) and _is_primary_process():
         os.replace(source, os.path.join(self.directory, f"corrupt-{step}"))
     if unreadable:
+      _barrier("genvis_checkpoint_set_aside")  # every process must see the rename
       self._manager.reload()
 
   def wait(self):
@@ -118,3 +114,10 @@ def _one_line(error: Exception) -> str:
 def _is_primary_process() -> bool:
   import jax  # pylint: disable=import-outside-toplevel
   return jax.process_index() == 0
+
+
+def _barrier(name: str):
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)

@@ -103,6 +103,10 @@ def check_divisible(batch_spec: dict, sharding: NamedSharding):
   axes = sharding.spec[0]
   axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
   ways = int(np.prod([sharding.mesh.shape[a] for a in axes]))
+  if ways % jax.process_count():
+    raise UserError(f"the batch is split {ways} ways over mesh axes {axes}, which must be a "
+                    f"multiple of the {jax.process_count()} processes (each loads its own "
+                    "rows); enlarge the data/fsdp sizes in config.mesh.shape")
   for name, spec in batch_spec.items():
     if spec.shape[0] % ways:
       raise UserError(f"batch {name!r} of global size {spec.shape[0]} is not divisible by "

@@ -33,6 +33,16 @@ class MetricWriter:
       f.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._tb.scalars(step, scalars)
 
+  def drop_after(self, step: int):
+    """Forget jsonl records after `step`: a resumed run logs those steps again."""
+    if not self.enabled or not os.path.exists(self.jsonl_path):
+      return
+    kept = [r for r in read_metrics(self.workdir) if r["step"] <= step]
+    temporary = self.jsonl_path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(temporary, self.jsonl_path)
+
   def close(self):
     if self._tb is not None:
       self._tb.close()

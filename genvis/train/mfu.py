@@ -54,12 +54,13 @@ def device_peak_flops(device=None) -> float | None:
   return None
 
 
-def total_peak_flops() -> float | None:
-  """Peak of all devices in the run (CPU: the host's peak once per process)."""
+def total_peak_flops(num_devices: int) -> float | None:
+  """Peak of the `num_devices` devices of a run's mesh (CPU: the host's peak once per
+  process, since simulated CPU devices share the host's cores)."""
   device = jax.devices()[0]
   peak = device_peak_flops(device)
   if peak is None:
     return None
   if device.platform == "cpu":
     return peak * jax.process_count()
-  return peak * jax.device_count()
+  return peak * num_devices

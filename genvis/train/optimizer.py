@@ -1,8 +1,9 @@
 """The optax optimizer and learning-rate schedule from `config.optim`.
 
 AdamW with linear warmup then cosine, linear or no decay to `min_lr`; global-norm gradient
-clipping; weight decay only on kernels and embeddings (arrays with >= 2 dimensions), never on
-biases and norm scales (GPT-2/3 and nanoGPT practice).
+clipping; weight decay only on kernels and embeddings, never on biases and norm scales (GPT-2/3
+and nanoGPT practice). The choice is by parameter name, not by rank: a fused QKV bias is 3-D
+and a scanned LayerNorm scale is 2-D, yet neither is a weight matrix.
 """
 
 import jax
@@ -26,8 +27,12 @@ def schedule(optim_config, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
+DECAYED = ("kernel", "embedding", "wpe")
+
+
 def weight_decay_mask(params):
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) in DECAYED, params)
 
 
 def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:

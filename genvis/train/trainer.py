@@ -53,8 +53,6 @@ class Trainer:
     self.is_primary = jax.process_index() == 0
     self.task = build_task(config, workdir, process_index=jax.process_index(),
                            process_count=jax.process_count())
-    if self.is_primary:
-      config_lib.write_config(config, workdir)  # after the task resolved e.g. vocab_size
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self.rules = mesh_lib.rules(config.mesh)
     self.tx = make_optimizer(config.optim, config.train.steps)
@@ -158,6 +156,8 @@ class Trainer:
       return jitted.lower(self.abstract_state, batch).compile()
 
   def _check_grad_accum(self, batch):
+    if self.config.train.log_every < 1:
+      raise UserError(f"config.train.log_every={self.config.train.log_every} must be >= 1")
     accum = self.config.train.grad_accum_steps
     for name, spec in batch.items():
       if accum < 1 or spec.shape[0] % accum:
@@ -191,12 +191,15 @@ class Trainer:
   def train(self) -> dict:
     cfg = self.config.train
     total = cfg.steps
+    if self.is_primary:
+      config_lib.write_config(self.config, self.workdir)  # after the task resolved vocab_size
     state = self.restore_or_init()
     start = int(jax.device_get(state.step))
+    self.writer.drop_after(start)  # a crashed run logged steps past its last checkpoint
     compile_start = time.perf_counter()
     train_step = self.compile_train_step()
     log.info("compiled the train step in %.1fs", time.perf_counter() - compile_start)
-    peak = mfu_lib.total_peak_flops()
+    peak = mfu_lib.total_peak_flops(self.mesh.devices.size)
     flops_per_step = self.task.flops_per_step(self.num_params)
     stop = StopSignal(install=jax.process_count() == 1)
     progress = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
@@ -213,7 +216,8 @@ class Trainer:
         preempted = stop.requested(step, self.checkpointer)
         eval_due = self._due(self.config.eval.every, step, total)
         save_due = self.checkpointer.should_save(step) or step == total or preempted
-        flush = step % cfg.log_every == 0 or eval_due or save_due
+        sample_due = self._due(self.config.sample.every, step, total) and step < total
+        flush = step % cfg.log_every == 0 or eval_due or save_due or sample_due
         if flush:
           record = self._flush(pending)  # raises TrainingDiverged before anything is saved
           elapsed = time.perf_counter() - window_start
@@ -226,8 +230,8 @@ class Trainer:
           progress.set_postfix(self._postfix(record), refresh=False)
         if save_due:
           self.checkpointer.save(step, state, self.task.metadata())
-        if self._due(self.config.sample.every, step, total) and step < total:
-          self._print_samples(self.sample(state.params, step), progress)
+        if sample_due:
+          self.print_samples(self.sample(state.params, step), progress)
         if flush:  # throughput windows time training only, not eval, saves or samples
           pending, window_start, window_steps = [], time.perf_counter(), 0
         progress.update(1)
@@ -253,7 +257,7 @@ class Trainer:
       plot_loss_curve(self.workdir)
     samples = self.sample(state.params, step)
     summary["samples"] = samples.get("texts", [])
-    self._print_samples(samples, None)
+    self.print_samples(samples, None)
 
   @staticmethod
   def _due(every: int, step: int, total: int) -> bool:
@@ -291,7 +295,7 @@ class Trainer:
       postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
     return postfix
 
-  def _print_samples(self, samples, progress):
+  def print_samples(self, samples, progress):
     if not self.is_primary:
       return
     write = progress.write if progress is not None else print

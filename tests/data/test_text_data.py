@@ -88,3 +88,9 @@ def test_each_process_gets_its_own_rows_of_the_global_batch():
 def test_too_little_text_is_a_clear_error():
   with pytest.raises(UserError, match="fewer than one window"):
     batching.TokenWindows(np.arange(5, dtype=np.int32), 8, 2, seed=0, name="the training split")
+
+
+def test_a_workdir_tokenizer_of_another_kind_is_refused(tmp_path):
+  tokenizers.fit_or_load(data_config(), "abc", "", str(tmp_path))
+  with pytest.raises(UserError, match="is a 'char' tokenizer but config.data.tokenizer='bpe'"):
+    tokenizers.fit_or_load(data_config(tokenizer="bpe"), "abc", "", str(tmp_path))

@@ -77,3 +77,12 @@ def test_cpu_peak_is_measured_and_plausible():
   peak = mfu.device_peak_flops()
   assert 1e9 < peak < 1e13
   assert mfu.device_peak_flops() == peak  # measured once per process
+
+
+def test_weight_decay_mask_is_by_name_not_rank():
+  params = {"qkv": {"kernel": np.ones((4, 3, 2, 2)), "bias": np.ones((3, 2, 2))},
+            "layers": {"ln_1": {"scale": np.ones((6, 4))}}, "wte": {"embedding": np.ones((5, 4))},
+            "wpe": np.ones((8, 4))}
+  mask = optimizer.weight_decay_mask(params)
+  assert mask == {"qkv": {"kernel": True, "bias": False}, "layers": {"ln_1": {"scale": False}},
+                  "wte": {"embedding": True}, "wpe": True}
