@@ -49,7 +49,8 @@ class TransformerConfig:
       if getattr(self, key) not in allowed:
         raise UserError(f"config.model.{key}={getattr(self, key)!r}: expected one of "
                         f"{', '.join(allowed)}")
-    P.dtype(self.dtype), P.dtype(self.param_dtype)  # pylint: disable=expression-not-assigned
+    for name in (self.dtype, self.param_dtype):
+      P.dtype(name)  # raises a UserError naming the dtype keys
 
   @property
   def attention_head_dim(self) -> int:

@@ -116,11 +116,16 @@ class Trainer:
       raise UserError(f"checkpoint {where} was written by a different model: "
                       + "; ".join(differences[:3]))
 
-  def restore_or_init(self) -> TrainState:
+  def _restore(self) -> TrainState | None:
+    """The newest readable checkpoint of this model onto this mesh, or None."""
     restored = self.checkpointer.restore(self.abstract_state, self.check_checkpoint_meta)
-    if restored is not None:
-      state, _, step = restored
-      log.info("resumed from checkpoint step %d in %s", step, self.checkpointer.directory)
+    return None if restored is None else restored[0]
+
+  def restore_or_init(self) -> TrainState:
+    state = self._restore()
+    if state is not None:
+      log.info("resumed from checkpoint step %d in %s", int(jax.device_get(state.step)),
+               self.checkpointer.directory)
       return state
     with self.sharding_context():
       init = jax.jit(self._init_state, out_shardings=self.state_shardings)
@@ -128,10 +133,10 @@ class Trainer:
 
   def restore_latest(self) -> TrainState:
     """The newest checkpoint's state; an error if the workdir has none (eval/sample modes)."""
-    restored = self.checkpointer.restore(self.abstract_state, self.check_checkpoint_meta)
-    if restored is None:
+    state = self._restore()
+    if state is None:
       raise UserError(f"no checkpoint in {self.checkpointer.directory}; train first")
-    return restored[0]
+    return state
 
   # ----------------------------------------------------------------------------- steps
   def global_batch(self, local: dict) -> dict:
@@ -151,11 +156,11 @@ class Trainer:
                      out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
     batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.batch_sharding)
              for k, s in self.task.batch_spec().items()}
-    self._check_grad_accum(batch)
+    self._check_train_config(batch)
     with self.sharding_context():
       return jitted.lower(self.abstract_state, batch).compile()
 
-  def _check_grad_accum(self, batch):
+  def _check_train_config(self, batch):
     if self.config.train.log_every < 1:
       raise UserError(f"config.train.log_every={self.config.train.log_every} must be >= 1")
     accum = self.config.train.grad_accum_steps
