@@ -14,6 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = ""
   c.seed = 0
+  # A run's workdir or one checkpoint (workdir/checkpoints/<step>) whose parameters start this
+  # run (fine-tuning); "" starts from scratch. The run's own checkpoints take precedence.
+  c.init_from = ""
 
   c.train = dict(
       steps=1000,
@@ -46,11 +49,14 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.sample = dict(
       every=0,  # 0: only at the end
-      num_samples=2,
-      prompt="",
+      num_samples=2,  # per prompt
+      prompt="",  # "\n" in it stands for a newline
+      prompt_file="",  # one prompt per line (blank lines skipped); used instead of prompt
       max_new_tokens=0,  # 0: up to the model's context
-      temperature=0.8,
-      top_k=0,
+      temperature=0.8,  # 0: greedy
+      top_k=0,  # 0: off
+      top_p=1.0,  # nucleus sampling; 1: off
+      stop="",  # cut each sample at the first occurrence of this text ("\n\n": paragraphs)
   )
   c.mesh = dict(
       shape=(-1, 1, 1),  # (data, fsdp, tensor); -1 fills the remaining devices

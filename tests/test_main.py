@@ -45,6 +45,23 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(trained_workdir):
   assert "--- sample 0 ---\nThe " in sampled.stdout
 
 
+def test_sample_mode_takes_prompts_of_different_lengths_from_a_file(trained_workdir, tmp_path):
+  workdir, _ = trained_workdir
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("The \n\nif a:\\n b\n", encoding="utf-8")
+  sampled = run_main(workdir, "--mode=sample", train__steps=6, sample__num_samples=2,
+                     sample__prompt_file=str(prompts), sample__max_new_tokens=6,
+                     sample__top_p=0.9, sample__top_k=5, sample__stop="e")
+  assert sampled.returncode == 0, sampled.stderr[-2000:]
+  samples = sampled.stdout.split("--- sample ")[1:]
+  assert len(samples) == 4  # two prompts (the blank line skipped), two samples each
+  bodies = [s.split("---\n", 1)[1].rsplit("\n{", 1)[0].rstrip("\n") for s in samples]
+  assert bodies[0].startswith("The ") and bodies[2].startswith("if a:\n b")
+  for body, prompt in zip(bodies, ["The ", "The ", "if a:\n b", "if a:\n b"]):
+    assert "e" not in body[len(prompt):]  # cut at the stop string
+    assert len(body) <= len(prompt) + 6
+
+
 def one_line_error(result) -> str:
   assert result.returncode == 2, (result.stdout[-500:], result.stderr[-2000:])
   lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]

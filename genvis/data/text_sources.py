@@ -5,7 +5,9 @@
   so the default configs run offline on any machine;
 - "file": any UTF-8 text file, `config.data.path`;
 - "tfds": a tfds text dataset (`tiny_shakespeare`, `lm1b`, ...), already prepared in
-  `config.data.tfds_data_dir`; nothing is downloaded.
+  `config.data.tfds_data_dir`; nothing is downloaded;
+- "icl": synthetic in-context-learning episodes (genvis/data/icl_corpus.py), generated from
+  `config.data.icl_seed`, for the few-shot evaluation of genvis/eval.
 
 Embedded and file text are split by position: the first (1 - val_fraction) for training, the
 rest for validation (nanoGPT's Shakespeare split with val_fraction=0.1). tfds datasets use
@@ -56,4 +58,8 @@ def load_text_splits(data_config) -> tuple[str, str]:
         data_config.tfds_name, split, data_dir=data_config.tfds_data_dir or None,
         max_examples=data_config.tfds_max_examples or None)
     return load(data_config.tfds_train_split), load(data_config.tfds_val_split)
-  raise UserError(f"config.data.source={source!r}: expected 'embedded', 'file' or 'tfds'")
+  if source == "icl":
+    from genvis.data.icl_corpus import load_icl_splits  # pylint: disable=import-outside-toplevel
+    return load_icl_splits(data_config)
+  raise UserError(f"config.data.source={source!r}: expected 'embedded', 'file', 'tfds' or "
+                  "'icl'")

@@ -71,7 +71,10 @@ class GPT(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, tokens, *, train: bool = False, decode: bool = False):
+  def __call__(self, tokens, *, train: bool = False, decode: bool = False,
+               return_hidden: bool = False):
+    """Logits [B, T, vocab]; with `return_hidden`, (logits, final hidden states [B, T, D]),
+    the features a task head (GPT-1 fine-tuning) reads."""
     cfg = self.config
     if tokens.shape[1] > cfg.max_len:
       raise ValueError(f"sequence length {tokens.shape[1]} > model.max_len={cfg.max_len}")
@@ -96,19 +99,21 @@ class GPT(nn.Module):
                         kernel_init=P.param_init(nn.initializers.normal(cfg.init_std),
                                                  (P.EMBED, P.VOCAB)),
                         name="head")(x)
-    return P.constrain(logits.astype(jnp.float32), (P.BATCH, P.LENGTH, P.VOCAB))
+    logits = P.constrain(logits.astype(jnp.float32), (P.BATCH, P.LENGTH, P.VOCAB))
+    return (logits, x) if return_hidden else logits
 
   def _positions(self, tokens, decode: bool):
     positions = jnp.arange(tokens.shape[1])
     if not decode:
       return positions
     initialised = self.has_variable("cache", "position_index")
-    index = self.variable("cache", "position_index", lambda: jnp.zeros((), jnp.int32))
+    # Per row, so rows of a batch may sit at different positions (prompts of any length).
+    index = self.variable("cache", "position_index", jnp.zeros, tokens.shape[:1], jnp.int32)
     if not initialised:
       return positions
     start = index.value
     index.value = start + tokens.shape[1]
-    return start + positions
+    return start[:, None] + positions
 
 
 def flops_per_token(config: GPTConfig, num_params: int, seq_len: int) -> float:

@@ -1,16 +1,24 @@
 """Multi-head self-attention through `jax.nn.dot_product_attention`, with a KV cache.
 
-Attention goes through `jax.nn.dot_product_attention`, so the implementation JAX picks (the
-XLA one today; a fused cuDNN kernel on GPUs is the planned GPU-speed work) serves every
-platform from the same code. That function has no dropout on the attention
-weights, so when training with `dropout_rate > 0` (GPT-1/2's attn_pdrop) the weights are
-computed explicitly instead (`attention_with_dropout`): same math, plus dropout.
+Attention goes through `jax.nn.dot_product_attention`, so the same code runs XLA's attention
+on CPU/TPU and, with `implementation="cudnn"`, the fused cuDNN flash kernel on GPUs. That
+function has no dropout on the attention weights, so when training with `dropout_rate > 0`
+(GPT-1/2's attn_pdrop) the weights are computed explicitly instead (`attention_with_dropout`):
+same math, plus dropout.
+
+Local (banded) attention, GPT-3's sparse layers: with `local_window = w > 0` a query at
+position t sees only keys at t-w+1 .. t (causal), the band of the Sparse Transformer's local
+pattern. The static window goes to the kernel (`local_window_size`), which can skip the
+masked blocks; `window` passed at call time (a traced per-layer value, used when scanned
+layers alternate dense and local) is applied as an explicit mask, 0 meaning dense.
 
 Decoding keeps the keys and values of earlier positions in the "cache" collection:
-`cached_key`/`cached_value` of shape [batch, cache_len, heads, head_dim] and the number of
-positions written so far, `cache_index`. Calling the module with `decode=True` on a chunk of
-T tokens (a whole prompt, or one token) writes the chunk at `cache_index` and attends to
-everything written so far, so a prompt is prefilled in one call.
+`cached_key`/`cached_value` of shape [batch, cache_len, heads, head_dim] and, per row, the
+number of positions written so far, `cache_index` [batch]. Calling the module with
+`decode=True` on a chunk of T tokens (a whole prompt, or one token) writes each row's chunk
+at its own `cache_index` and attends to everything written so far, so a prompt is prefilled
+in one call, and rows of a batch may sit at different positions (prompts of different
+lengths, see genvis/sampling/generate.py).
 """
 
 import flax.linen as nn
@@ -27,32 +35,47 @@ class SelfAttention(nn.Module):
   num_heads: int
   head_dim: int
   causal: bool = True
+  local_window: int = 0  # > 0: banded attention over the last `local_window` positions
   dropout_rate: float = 0.0  # on the attention weights, in training only
   deterministic: bool = True
   init_std: float = 0.02
   out_std: float = 0.02
   use_bias: bool = True
   decode: bool = False
+  implementation: str | None = None  # None (JAX's choice), "xla" or "cudnn"
   dtype: str = "float32"
   param_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, window=None):
+    """`window`: a traced per-layer band width overriding `local_window` (0: dense)."""
     d_model = x.shape[-1]
     qkv = DenseND((3, self.num_heads, self.head_dim), (P.EMBED, None, P.HEADS, P.HEAD_DIM),
                   init_std=self.init_std, use_bias=self.use_bias, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, heads, head_dim]
+    if window is None and self.local_window > 0:
+      window = self.local_window
 
     if self.decode and self.has_variable("cache", "cached_key"):
-      out = self._attend_with_cache(q, k, v)
-    elif self.dropout_rate > 0 and not self.deterministic:
-      out = attention_with_dropout(q, k, v, self.causal, self.dropout_rate,
-                                   self.make_rng("dropout"))
+      out = self._attend_with_cache(q, k, v, window)
+      return self._project_out(out, d_model)
+    if self.decode:  # the first (initialising) call only creates the cache
+      self._cache_variables(k, v)
+    if (self.dropout_rate > 0 and not self.deterministic) or _is_traced(window):
+      positions = jnp.arange(x.shape[1])
+      mask = attention_mask(positions, positions, causal=self.causal, window=window)
+      rate = 0.0 if self.deterministic else self.dropout_rate
+      out = attention_with_dropout(q, k, v, mask, rate,
+                                   self.make_rng("dropout") if rate > 0 else None)
     else:
-      if self.decode:  # the first (initialising) call only creates the cache
-        self._cache_variables(k, v)
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+      band = None if not window else ((window - 1, 0) if self.causal else window - 1)
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
+                                         local_window_size=band,
+                                         implementation=self.implementation or None)
+    return self._project_out(out, d_model)
+
+  def _project_out(self, out, d_model):
     out = P.constrain(out, (P.BATCH, P.LENGTH, P.HEADS, P.HEAD_DIM))
     return DenseND((d_model,), (P.HEADS, P.HEAD_DIM, P.EMBED), contract_dims=2,
                    init_std=self.out_std, use_bias=self.use_bias, dtype=self.dtype,
@@ -61,38 +84,56 @@ class SelfAttention(nn.Module):
   def _cache_variables(self, k, v):
     cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    index = self.variable("cache", "cache_index", jnp.zeros, k.shape[:1], jnp.int32)
     return cached_key, cached_value, index
 
-  def _attend_with_cache(self, q, k, v):
+  def _attend_with_cache(self, q, k, v, window):
     cached_key, cached_value, index = self._cache_variables(k, v)
-    start, chunk = index.value, k.shape[1]
-    keys = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype),
-                                        (0, start, 0, 0))
-    values = jax.lax.dynamic_update_slice(cached_value.value,
-                                          v.astype(cached_value.value.dtype), (0, start, 0, 0))
+    start, chunk = index.value, k.shape[1]  # start: [B]
+    write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice_in_dim(
+        cache, new.astype(cache.dtype), at, axis=0))
+    keys = write(cached_key.value, k, start)
+    values = write(cached_value.value, v, start)
     cached_key.value, cached_value.value, index.value = keys, values, start + chunk
-    # Query i of the chunk sits at position start + i and sees keys at positions <= it;
-    # slots not yet written are masked out by the same comparison.
-    query_pos = start + jnp.arange(chunk)
+    # Row b's query i sits at position start[b] + i and sees keys at positions <= it; slots
+    # not yet written (and stale ones past a shorter prompt) fail the same comparison.
+    query_pos = start[:, None] + jnp.arange(chunk)
     key_pos = jnp.arange(keys.shape[1])
-    mask = key_pos[None, :] <= query_pos[:, None]
+    mask = attention_mask(query_pos, key_pos, causal=True, window=window)
     if not self.causal:
-      mask = jnp.broadcast_to(key_pos[None, :] < start + chunk, mask.shape)
-    return jax.nn.dot_product_attention(q, keys, values, mask=mask[None, None])
+      mask = jnp.broadcast_to(key_pos < (start + chunk)[:, None, None], mask.shape)
+    return jax.nn.dot_product_attention(q, keys, values, mask=mask[:, None])
 
 
-def attention_with_dropout(q, k, v, causal: bool, rate: float, rng):
-  """softmax(q k^T / sqrt(d)) with dropout on the weights, then times v; [B, T, N, H] in/out.
+def _is_traced(value) -> bool:
+  return isinstance(value, jax.Array)
+
+
+def attention_mask(query_pos, key_pos, *, causal: bool, window=None):
+  """Which keys each query may see: bool [..., T, S] from positions [..., T] and [S].
+
+  causal: keys at or before the query. window > 0 (static or traced): only keys less than
+  `window` positions away (before the query if causal, on either side otherwise).
+  """
+  distance = query_pos[..., :, None] - key_pos
+  allowed = distance >= 0 if causal else jnp.ones(distance.shape, bool)
+  if window is not None:
+    near = (distance if causal else jnp.abs(distance)) < window
+    allowed &= near | (jnp.asarray(window) <= 0)
+  return allowed
+
+
+def attention_with_dropout(q, k, v, mask, rate: float, rng):
+  """softmax(q k^T / sqrt(d)) over the `mask`ed keys, with dropout on the weights (when
+  rate > 0), then times v; q, k, v and the output are [B, T, N, H], mask [T, S].
 
   Scores and softmax are in float32 whatever the compute dtype, as in the fused kernels.
   """
   scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
   scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-  if causal:
-    t, s = scores.shape[-2:]
-    scores = jnp.where(jnp.tril(jnp.ones((t, s), bool)), scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1)
-  keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
-  weights = jnp.where(keep, weights / (1.0 - rate), 0.0).astype(v.dtype)
-  return jnp.einsum("bnts,bsnh->btnh", weights, v)
+  if rate > 0:
+    keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - rate), 0.0)
+  return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)

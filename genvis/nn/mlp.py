@@ -1,10 +1,23 @@
-"""The transformer feed-forward block: Dense -> GELU -> Dense."""
+"""The transformer feed-forward block: Dense -> activation -> Dense.
+
+GPT-1 and GPT-2 were trained with the tanh approximation of GELU (Hugging Face's "gelu_new",
+and what its OpenAIGPT `afn="gelu"` computes); other checkpoints use the exact erf form. The
+two differ by up to ~1e-3 per unit, which is visible in logits, so the choice is a config
+field (`activation`) rather than a constant.
+"""
+
+import functools
 
 import flax.linen as nn
 import jax
 
 from genvis.nn import partitioning as P
 from genvis.nn.dense import DenseND
+
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+}
 
 
 class Mlp(nn.Module):
@@ -16,6 +29,7 @@ class Mlp(nn.Module):
   use_bias: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
+  activation: str = "gelu_tanh"  # a key of ACTIVATIONS
 
   @nn.compact
   def __call__(self, x):
@@ -23,7 +37,6 @@ class Mlp(nn.Module):
         (features,), axes, init_std=std, use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, name=name)
     h = dense(self.hidden_dim, (P.EMBED, P.MLP), self.init_std, "fc")(x)
-    # GPT-1/2 use the tanh approximation of GELU ("gelu_new" in Hugging Face).
-    h = jax.nn.gelu(h, approximate=True)
+    h = ACTIVATIONS[self.activation](h)
     h = P.constrain(h, (P.BATCH, P.LENGTH, P.MLP))
     return dense(x.shape[-1], (P.MLP, P.EMBED), self.out_std, "proj")(h)

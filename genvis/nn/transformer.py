@@ -3,6 +3,11 @@
 The stack can apply its layers through `nn.scan` (one compiled layer body, parameters stacked
 along a leading "layers" axis: fast compiles for deep models) and `nn.remat` (recompute
 activations in the backward pass to save memory), both chosen by config.
+
+`attention_pattern` gives each layer dense or locally banded attention (GPT-3: "we use
+alternating dense and locally banded sparse attention patterns in the layers of the
+transformer, similar to the Sparse Transformer"). Scanned layers share one body, so when the
+pattern mixes the two kinds the scan carries each layer's band width as a traced input.
 """
 
 import dataclasses
@@ -10,11 +15,12 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from genvis.errors import UserError
 from genvis.nn import partitioning as P
 from genvis.nn.attention import SelfAttention
-from genvis.nn.mlp import Mlp
+from genvis.nn.mlp import ACTIVATIONS, Mlp
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block
@@ -31,12 +37,18 @@ class TransformerConfig:
   num_heads: int
   head_dim: int = 0  # 0: d_model // num_heads (GPT-3 13B has heads * head_dim != d_model)
   mlp_dim: int = 0  # 0: 4 * d_model
+  activation: str = "gelu_tanh"  # MLP non-linearity: "gelu_tanh" (GPT-1/2) or "gelu" (erf)
   dropout: float = 0.0  # on embeddings and residual branches
   attention_dropout: float = 0.0  # on attention weights
   norm_position: str = "pre"  # "pre" (GPT-2) or "post" (GPT-1)
   layer_norm_epsilon: float = 1e-5
   use_bias: bool = True  # in dense layers and LayerNorms (nanoGPT's bias=False drops them)
   causal: bool = True
+  # "dense", "local", "alternating" (dense, local, dense, ... as in GPT-3) or one
+  # comma-separated "dense"/"local" per layer; local layers see `local_window` positions.
+  attention_pattern: str = "dense"
+  local_window: int = 0
+  attention_impl: str = ""  # "": JAX's default; "xla"; "cudnn" (fused flash attention, GPU)
   init_std: float = 0.02
   scan_layers: bool = False
   remat: str = "none"  # "none", "full" or "dots"
@@ -44,13 +56,35 @@ class TransformerConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    choices = {"norm_position": ("pre", "post"), "remat": ("none", *REMAT_POLICIES)}
+    choices = {"norm_position": ("pre", "post"), "remat": ("none", *REMAT_POLICIES),
+               "attention_impl": ("", "xla", "cudnn"), "activation": tuple(ACTIVATIONS)}
     for key, allowed in choices.items():
       if getattr(self, key) not in allowed:
         raise UserError(f"config.model.{key}={getattr(self, key)!r}: expected one of "
                         f"{', '.join(allowed)}")
     for name in (self.dtype, self.param_dtype):
       P.dtype(name)  # raises a UserError naming the dtype keys
+    if "local" in self.layer_kinds() and self.local_window < 1:
+      raise UserError(f"config.model.attention_pattern={self.attention_pattern!r} has local "
+                      f"layers: set config.model.local_window >= 1 (now {self.local_window})")
+
+  def layer_windows(self) -> tuple[int, ...]:
+    """Each layer's attention band width; 0 is dense attention."""
+    return tuple(self.local_window if kind == "local" else 0 for kind in self.layer_kinds())
+
+  def layer_kinds(self) -> tuple[str, ...]:
+    """"dense" or "local" for each layer, from `attention_pattern`."""
+    pattern, n = self.attention_pattern, self.num_layers
+    if pattern in ("dense", "local"):
+      kinds = [pattern] * n
+    elif pattern == "alternating":
+      kinds = ["dense" if i % 2 == 0 else "local" for i in range(n)]
+    else:
+      kinds = [kind.strip() for kind in pattern.split(",")]
+      if len(kinds) != n or set(kinds) - {"dense", "local"}:
+        raise UserError(f"config.model.attention_pattern={pattern!r}: expected dense, local, "
+                        f"alternating or {n} comma-separated dense/local entries")
+    return tuple(kinds)
 
   @property
   def attention_head_dim(self) -> int:
@@ -84,32 +118,36 @@ class Block(nn.Module):
   config: TransformerConfig
   train: bool = False
   decode: bool = False
+  local_window: int = 0  # this layer's static band width (0: dense)
 
   @nn.compact
-  def __call__(self, x, _=None):
+  def __call__(self, x, window=None):
+    """`window`: this layer's band width as a traced value (scanned mixed patterns)."""
     cfg = self.config
     attention = SelfAttention(
         num_heads=cfg.num_heads,
         head_dim=cfg.attention_head_dim,
         causal=cfg.causal,
+        local_window=self.local_window,
         dropout_rate=cfg.attention_dropout,
         deterministic=not self.train,
         init_std=cfg.init_std,
         out_std=cfg.residual_std,
         use_bias=cfg.use_bias,
         decode=self.decode,
+        implementation=cfg.attention_impl or None,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         name="attn",
     )
     mlp = Mlp(cfg.hidden_dim, cfg.init_std, cfg.residual_std, cfg.use_bias, cfg.dtype,
-              cfg.param_dtype, name="mlp")
+              cfg.param_dtype, cfg.activation, name="mlp")
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
     if cfg.norm_position == "pre":
-      x = x + dropout(attention(layer_norm(cfg, "ln_1")(x)))
+      x = x + dropout(attention(layer_norm(cfg, "ln_1")(x), window))
       x = x + dropout(mlp(layer_norm(cfg, "ln_2")(x)))
     else:
-      x = layer_norm(cfg, "ln_1")(x + dropout(attention(x)))
+      x = layer_norm(cfg, "ln_1")(x + dropout(attention(x, window)))
       x = layer_norm(cfg, "ln_2")(x + dropout(mlp(x)))
     return P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED)), None
 
@@ -127,6 +165,7 @@ class TransformerStack(nn.Module):
     block = Block
     if cfg.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    windows = cfg.layer_windows()
     if cfg.scan_layers:
       scanned = nn.scan(
           block,
@@ -135,8 +174,11 @@ class TransformerStack(nn.Module):
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: P.LAYERS},
       )
-      x, _ = scanned(cfg, self.train, self.decode, name="layers")(x, None)
+      if len(set(windows)) == 1:  # one pattern for all layers: static, kernel-friendly
+        x, _ = scanned(cfg, self.train, self.decode, windows[0], name="layers")(x, None)
+      else:
+        x, _ = scanned(cfg, self.train, self.decode, name="layers")(x, jnp.array(windows))
       return x
     for i in range(cfg.num_layers):
-      x, _ = block(cfg, self.train, self.decode, name=f"layer_{i}")(x)
+      x, _ = block(cfg, self.train, self.decode, windows[i], name=f"layer_{i}")(x)
     return x

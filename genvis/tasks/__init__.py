@@ -9,6 +9,7 @@ from genvis.errors import UserError
 
 _TASKS = {
     "lm": "genvis.tasks.lm:LanguageModelTask",
+    "sft": "genvis.tasks.sft:SupervisedFineTuningTask",
 }
 
 

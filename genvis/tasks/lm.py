@@ -4,14 +4,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
 from genvis.data import batching, text_sources, tokenizers
 from genvis.errors import UserError
 from genvis.models import gpt
-from genvis.sampling import generate
+from genvis.sampling import text
 from genvis.tasks.base import Task
 
 
@@ -85,20 +84,18 @@ class LanguageModelTask(Task):
       prompt = tokenizers.BPETokenizer.END_OF_TEXT if self.tokenizer.kind == "bpe" else "\n"
     ids = self.tokenizer.encode(prompt)
     if len(ids) == 0:
-      raise UserError(f"config.sample.prompt={prompt!r} encodes to no tokens")
+      raise UserError(f"the prompt {prompt!r} encodes to no tokens")
     return ids
 
   def sample(self, params, rng):
+    """`sample.num_samples` continuations of each prompt, as prompt + continuation."""
     cfg = self.config.sample
     if cfg.num_samples == 0:
       return {}
-    prompt = self.encode_prompt(cfg.prompt)
-    max_len = self.model_config.max_len
-    max_new_tokens = cfg.max_new_tokens or max_len - len(prompt)  # 0: fill the context
-    generate.check_length(len(prompt), max_new_tokens, max_len)
-    prompts = np.repeat(prompt[None], cfg.num_samples, axis=0)
-    tokens = generate.generate(self.model, params, jnp.asarray(prompts), rng,
-                               max_new_tokens=max_new_tokens,
-                               temperature=cfg.temperature, top_k=cfg.top_k)
-    tokens = multihost_utils.process_allgather(tokens, tiled=True)  # rows may be sharded
-    return {"texts": [self.tokenizer.decode(row) for row in np.asarray(tokens)]}
+    prompts = [p for p in text.read_prompts(cfg) for _ in range(cfg.num_samples)]
+    continuations = text.complete(
+        self.model, params, self.tokenizer, [self.encode_prompt(p) for p in prompts], rng,
+        max_len=self.model_config.max_len, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        stop=text.unescape(cfg.stop))
+    return {"texts": [p + c for p, c in zip(prompts, continuations)]}

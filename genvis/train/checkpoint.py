@@ -11,6 +11,8 @@
   another.
 - Each checkpoint stores the task's metadata (model config, tokenizer) as JSON next to the
   arrays; a resume whose model differs is refused with a message naming the fields.
+- `ParamsSource` reads just the parameters of another run's checkpoint (fine-tuning from a
+  pre-trained model), onto the new model's shardings.
 """
 
 import logging
@@ -104,6 +106,100 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+class ParamsSource:
+  """Read-only access to the parameters of one checkpoint of another run (fine-tuning's
+  `config.init_from`): its metadata, the shapes of its parameters, and a restore of just those
+  arrays onto the caller's shardings (the optimizer state is never read).
+
+  `path` is a run's workdir or its checkpoints folder (the newest step is used) or one
+  checkpoint, workdir/checkpoints/<step>; `key` names the config key in errors.
+  """
+
+  def __init__(self, path: str, key: str):
+    self.directory, self.step = _find_checkpoint(path, key)
+    self.where = f"{self.directory}/{self.step}"
+    options = ocp.CheckpointManagerOptions(create=False)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+    try:
+      state_tree = self._manager.item_metadata(self.step)["state"].tree
+    except Exception as e:  # pylint: disable=broad-except
+      self._manager.close()
+      raise UserError(f"{key}: cannot read checkpoint {self.where}: {_one_line(e)}") from None
+    # A run that kept an EMA of its parameters is represented by it (as in pretrained.py).
+    self.item = "ema_params" if state_tree.get("ema_params") is not None else "params"
+    self.param_shapes = _shapes(state_tree[self.item])
+
+  def read_meta(self) -> dict:
+    args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+    return self._manager.restore(self.step, args=args)["meta"]
+
+  def subtree_target(self, abstract_params) -> tuple[Any, list[str]]:
+    """(the restore target: this checkpoint's parameters as `abstract_params` lays them out,
+    the names of the parameters of `abstract_params` that it does not have).
+
+    `abstract_params` is the new model's tree of jax.ShapeDtypeStruct with shardings; each
+    checkpoint parameter must be in it with the same shape and dtype (else a UserError that
+    names the parameter and both shapes).
+    """
+    from flax import traverse_util  # pylint: disable=import-outside-toplevel
+    saved = traverse_util.flatten_dict(self.param_shapes, sep="/")
+    ours = traverse_util.flatten_dict(abstract_params, sep="/")
+    for name, array in saved.items():
+      if name not in ours:
+        raise UserError(f"parameter {name} {list(array.shape)} of checkpoint {self.where} is "
+                        "not in this model (a different architecture?)")
+      if (array.shape, array.dtype) != (ours[name].shape, ours[name].dtype):
+        raise UserError(f"parameter {name} is {array.dtype}{list(array.shape)} in checkpoint "
+                        f"{self.where} but {ours[name].dtype}{list(ours[name].shape)} in this "
+                        "model")
+    target = traverse_util.unflatten_dict({name: ours[name] for name in saved}, sep="/")
+    return target, sorted(set(ours) - set(saved))
+
+  def restore(self, target):
+    """The parameters in `target` (from `subtree_target`), laid out as it says."""
+    item = {self.item: target}
+    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    restored = self._manager.restore(self.step, args=ocp.args.Composite(state=args))
+    return restored["state"][self.item]
+
+  def close(self):
+    self._manager.close()
+
+
+def _shapes(tree_metadata):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree_metadata)
+
+
+def _checkpoint_steps(directory: str) -> list[int]:
+  """Steps with a complete checkpoint (Orbax renames a step's folder to its number only once
+  it is written; corrupt ones were moved to corrupt-<step>)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
+
+
+def _find_checkpoint(path: str, key: str) -> tuple[str, int]:
+  """(checkpoints folder, step) that `path` names."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise UserError(f"{key}={path!r}: no such directory")
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return os.path.dirname(path), int(name)
+  for directory in (os.path.join(path, "checkpoints"), path):
+    steps = _checkpoint_steps(directory)
+    if steps:
+      return directory, steps[-1]
+  raise UserError(f"{key}={path!r} holds no checkpoint; expected a run's workdir or one of "
+                  "its checkpoints, workdir/checkpoints/<step>")
 
 
 def _one_line(error: Exception) -> str:

@@ -5,7 +5,8 @@
 1. builds the task (data + model), the mesh and the logical sharding rules;
 2. derives the state's shardings from the parameters' logical axis names, and initialises the
    state under `jax.jit(out_shardings=)`, so full weights never sit on one device;
-3. resumes from the newest readable checkpoint in workdir/checkpoints, if any;
+3. resumes from the newest readable checkpoint in workdir/checkpoints, if any; else, with
+   `config.init_from`, starts from another run's parameters (fine-tuning);
 4. compiles the step once, ahead of time, as `jax.jit(in_shardings=, out_shardings=,
    donate_argnums=)`;
 5. loops: global batch from this process's rows -> step -> metrics, progress bar, eval,
@@ -29,7 +30,7 @@ from genvis.errors import UserError
 from genvis.tasks import build_task
 from genvis.train import mesh as mesh_lib
 from genvis.train import mfu as mfu_lib
-from genvis.train.checkpoint import Checkpointer
+from genvis.train.checkpoint import Checkpointer, ParamsSource
 from genvis.train.metric_writers import MetricWriter, plot_loss_curve
 from genvis.train.optimizer import make_optimizer, schedule
 from genvis.train.preemption import StopSignal
@@ -100,18 +101,19 @@ class Trainer:
         abstract, self.state_shardings)
     self.num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
 
-  def check_checkpoint_meta(self, saved: dict, where: str):
+  def check_checkpoint_meta(self, saved: dict, where: str, *, same_task: bool = True):
     """Refuse a checkpoint whose model differs from the config's (runtime-only fields such as
-    dropout, remat and compute dtype may change between runs)."""
+    dropout, remat and compute dtype may change between runs). With `same_task=False`
+    (init_from: another task's run) only the model and the facts both tasks record count."""
     current = self.task.metadata()
-    runtime_only = {"dropout", "attention_dropout", "remat", "dtype"}
+    runtime_only = {"dropout", "attention_dropout", "remat", "dtype", "attention_impl"}
     saved_model, model = saved.get("model", {}), current.get("model", {})
     differences = [f"model.{k}={saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now"
                    for k in sorted(set(saved_model) | set(model))
                    if k not in runtime_only and saved_model.get(k) != model.get(k)]
+    keys = set(saved) | set(current) if same_task else (set(saved) & set(current)) - {"task"}
     differences += [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
-                    for k in sorted(set(saved) | set(current))
-                    if k != "model" and saved.get(k) != current.get(k)]
+                    for k in sorted(keys) if k != "model" and saved.get(k) != current.get(k)]
     if differences:
       raise UserError(f"checkpoint {where} was written by a different model: "
                       + "; ".join(differences[:3]))
@@ -127,9 +129,45 @@ class Trainer:
       log.info("resumed from checkpoint step %d in %s", int(jax.device_get(state.step)),
                self.checkpointer.directory)
       return state
+    init_from = self._check_init_from() if self.config.get("init_from") else None
     with self.sharding_context():
       init = jax.jit(self._init_state, out_shardings=self.state_shardings)
-      return init(jax.random.PRNGKey(self.config.seed))
+      state = init(jax.random.PRNGKey(self.config.seed))
+    if init_from is not None:
+      state = self._load_init_from(state, *init_from)
+    return state
+
+  def _check_init_from(self) -> tuple[ParamsSource, dict]:
+    """(source, target) for `config.init_from`, checked before anything is compiled: the
+    other run's model config must match this one's and its parameters must be a subtree of
+    this model's (a task head may be new)."""
+    source = ParamsSource(self.config.init_from, "config.init_from")
+    try:
+      self.check_checkpoint_meta(source.read_meta(), f"{source.where} (config.init_from)",
+                                 same_task=False)
+      target, new_names = source.subtree_target(self.abstract_state.params)
+    except Exception:
+      source.close()
+      raise
+    log.info("init_from %s (%s); parameters not in it, left as initialised: %s",
+             source.where, source.item, ", ".join(new_names) or "none")
+    return source, target
+
+  def _load_init_from(self, state: TrainState, source: ParamsSource, target) -> TrainState:
+    """The fresh state with the other run's parameters in place of the initialised ones."""
+    try:
+      loaded = source.restore(target)
+    finally:
+      source.close()
+
+    def merge(state, loaded):
+      params = _merge_trees(state.params, loaded)
+      ema = params if state.ema_params is not None else None
+      return state.replace(params=params, ema_params=ema)
+
+    with self.sharding_context():
+      return jax.jit(merge, out_shardings=self.state_shardings, donate_argnums=(0,))(
+          state, loaded)
 
   def restore_latest(self) -> TrainState:
     """The newest checkpoint's state; an error if the workdir has none (eval/sample modes)."""
@@ -170,17 +208,19 @@ class Trainer:
                         f"{name!r} of size {spec.shape[0]}")
 
   def evaluate(self, params) -> dict:
-    """Mean of the task's metrics over its held-out batches."""
-    totals, count = {}, 0
+    """Mean of the task's metrics over its held-out batches. A task whose batches may be
+    partly padding reports each batch's `weight` (its real examples) to weight the mean."""
+    totals, count = {}, 0.0
     if self.config.eval.num_batches == 0:
       return {}
     with self.sharding_context():
       for local in self.task.eval_batches():
         metrics = jax.device_get(self._eval_step(params, self.global_batch(local)))
+        weight = float(metrics.pop("weight", 1.0))
         for k, v in metrics.items():
-          totals[k] = totals.get(k, 0.0) + float(v)
-        count += 1
-    return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+          totals[k] = totals.get(k, 0.0) + weight * float(v)
+        count += weight
+    return {f"val_{k}": v / max(count, 1e-9) for k, v in totals.items()}
 
   def sample(self, params, step: int) -> dict:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 2), step)
@@ -306,6 +346,12 @@ class Trainer:
     write = progress.write if progress is not None else print
     for i, text in enumerate(samples.get("texts", [])):
       write(f"--- sample {i} ---\n{text}")
+
+
+def _merge_trees(base: dict, update: dict) -> dict:
+  """`base` with the leaves of `update` (a subtree of it: same nested-dict paths) replaced."""
+  return {k: (_merge_trees(v, update[k]) if isinstance(v, dict) else update[k])
+          if k in update else v for k, v in base.items()}
 
 
 def summary_json(summary: dict) -> str:

@@ -130,14 +130,15 @@ def test_sequence_longer_than_context_is_an_error(small_model):
 
 
 def test_attention_dropout_path_matches_the_fused_path_without_dropout():
-  from genvis.nn.attention import attention_with_dropout  # pylint: disable=import-outside-toplevel
+  from genvis.nn.attention import attention_mask, attention_with_dropout  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 9, 3, 8)), jnp.float32) for _ in range(3))
   fused = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  causal = attention_mask(jnp.arange(9), jnp.arange(9), causal=True)
   # rate -> 0: every weight kept, so the explicit path must equal the fused one.
-  explicit = attention_with_dropout(q, k, v, True, 1e-9, jax.random.key(0))
+  explicit = attention_with_dropout(q, k, v, causal, 1e-9, jax.random.key(0))
   np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-6)
-  dropped = attention_with_dropout(q, k, v, True, 0.5, jax.random.key(0))
+  dropped = attention_with_dropout(q, k, v, causal, 0.5, jax.random.key(0))
   assert np.abs(np.asarray(dropped) - np.asarray(fused)).max() > 1e-2
 
 

@@ -13,11 +13,14 @@ from genvis.sampling import generate
 MAX_NEW = 12
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["loop", "scan"])
+# Looped and scanned layers; the scanned model alternates dense and banded attention layers,
+# so the cache path is checked with a traced per-layer window too.
+@pytest.fixture(scope="module", params=[False, True], ids=["loop", "scan_alternating"])
 def model_and_params(request):
+  sparse = dict(attention_pattern="alternating", local_window=4) if request.param else {}
   config = gpt.GPTConfig(**gpt.config_for(
       "tiny", vocab_size=29, num_layers=2, d_model=32, num_heads=4, max_len=24,
-      scan_layers=request.param))
+      scan_layers=request.param, **sparse))
   model = gpt.GPT(config)
   init = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
   params = nn.meta.unbox(init(jax.random.key(1)))
@@ -36,14 +39,63 @@ def recompute_greedy(model, params, prompt, steps):
   return tokens
 
 
-def test_cached_greedy_equals_recomputing_the_prefix(model_and_params):
+@pytest.mark.parametrize("cache_chunk", [128, 5], ids=["one_chunk", "growing_cache"])
+def test_cached_greedy_equals_recomputing_the_prefix(model_and_params, cache_chunk):
   model, params = model_and_params
   prompt = jnp.asarray(np.random.default_rng(0).integers(0, 29, size=(3, 5)), jnp.int32)
   cached = generate.generate(model, params, prompt, jax.random.key(0),
-                             max_new_tokens=MAX_NEW, temperature=0.0)
+                             max_new_tokens=MAX_NEW, temperature=0.0, cache_chunk=cache_chunk)
   np.testing.assert_array_equal(cached, recompute_greedy(model, params, prompt, MAX_NEW))
   # Not a degenerate check: greedy continuations are not all one repeated token.
   assert len(np.unique(np.asarray(cached[:, 5:]))) > 1
+
+
+def test_prompts_of_different_lengths_continue_like_each_prompt_alone(model_and_params):
+  model, params = model_and_params
+  rng = np.random.default_rng(1)
+  lengths = [2, 7, 4]
+  padded = np.zeros((3, 7), np.int32)
+  for row, length in enumerate(lengths):
+    padded[row, :length] = rng.integers(1, 29, size=length)
+  batched = np.asarray(generate.generate(
+      model, params, jnp.asarray(padded), jax.random.key(0), max_new_tokens=MAX_NEW,
+      temperature=0.0, prompt_lengths=jnp.asarray(lengths), cache_chunk=4))
+  for row, length in enumerate(lengths):
+    alone = recompute_greedy(model, params, padded[row:row + 1, :length], MAX_NEW)[0]
+    np.testing.assert_array_equal(batched[row, :length + MAX_NEW], alone)
+    assert not batched[row, length + MAX_NEW:].any()  # nothing past the row's end
+  new = generate.continuations(batched, lengths, MAX_NEW)
+  np.testing.assert_array_equal(new[1], batched[1, 7:])
+
+
+def test_stop_token_ends_each_row_and_the_loop(model_and_params):
+  model, params = model_and_params
+  prompt = jnp.asarray(np.random.default_rng(0).integers(0, 29, size=(3, 5)), jnp.int32)
+  free = np.asarray(generate.generate(model, params, prompt, jax.random.key(0),
+                                      max_new_tokens=MAX_NEW, temperature=0.0))
+  stop = int(free[0, 7])  # row 0's third new token
+  stopped = np.asarray(generate.generate(model, params, prompt, jax.random.key(0),
+                                         max_new_tokens=MAX_NEW, temperature=0.0,
+                                         stop_token=stop, cache_chunk=4))
+  for row in range(3):
+    hits = np.flatnonzero(free[row, 5:] == stop)
+    end = 5 + (hits[0] + 1 if len(hits) else MAX_NEW)
+    np.testing.assert_array_equal(stopped[row, :end], free[row, :end])
+    assert set(stopped[row, end:].tolist()) <= {stop, 0}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  probs = jnp.array([[0.5, 0.05, 0.3, 0.15]])
+  logits = jnp.log(probs)
+  kept = lambda p: np.isfinite(np.asarray(generate.filter_logits(
+      logits, jnp.float32(1.0), jnp.int32(0), jnp.float32(p))))[0]
+  np.testing.assert_array_equal(kept(0.5), [True, False, False, False])
+  np.testing.assert_array_equal(kept(0.6), [True, False, True, False])
+  np.testing.assert_array_equal(kept(0.9), [True, False, True, True])
+  np.testing.assert_array_equal(kept(1.0), [True, True, True, True])
+  draws = generate.sample_logits(jnp.repeat(logits, 300, axis=0), jax.random.key(0),
+                                 jnp.float32(1.0), jnp.int32(0), jnp.float32(0.6))
+  assert set(np.asarray(draws).tolist()) == {0, 2}
 
 
 def test_top_k_one_is_greedy_and_sampling_is_seeded(model_and_params):

@@ -1,0 +1,32 @@
+"""Benchmarks run end to end at smoke size (their figures come from full runs; see the
+scripts' docstrings). The GPU benchmark must at least run on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run_bench(script, *args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  result = subprocess.run([sys.executable, os.path.join(REPO, "experiments/bench", script),
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_gpt2_smoke_reports_throughput_and_mfu():
+  result = run_bench("gpu_gpt2.py", "--smoke")
+  assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
+  assert result["context"] == 64 and result["attention"] == "xla"
+
+
+def test_decode_smoke_compares_cached_recompute_and_hf():
+  result = run_bench("decode.py", "--new_tokens", "24", "--layers", "1", "--width", "32",
+                     "--heads", "2", "--vocab", "64", "--context", "64", "--repeats", "1")
+  assert {"cached_tok_per_s", "recompute_tok_per_s", "hf_tok_per_s"} <= set(result)
+  # Same weights, greedy: the three decoders agree on every token at this size.
+  assert result["agreement_recompute"] == 1.0 and result["agreement_hf"] == 1.0

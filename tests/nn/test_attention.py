@@ -1,0 +1,112 @@
+"""Attention patterns: GPT-3's alternating dense and locally banded layers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genvis.errors import UserError
+from genvis.models import gpt
+from genvis.nn.attention import SelfAttention, attention_mask
+from genvis.nn.transformer import TransformerConfig
+
+T, WINDOW = 12, 3
+
+
+def test_band_mask_sees_exactly_the_last_window_positions():
+  mask = np.asarray(attention_mask(jnp.arange(T), jnp.arange(T), causal=True, window=WINDOW))
+  for t in range(T):
+    assert np.flatnonzero(mask[t]).tolist() == list(range(max(0, t - WINDOW + 1), t + 1))
+  dense = np.asarray(attention_mask(jnp.arange(T), jnp.arange(T), causal=True, window=0))
+  np.testing.assert_array_equal(dense, np.tril(np.ones((T, T), bool)))
+
+
+def influence(attention, window=None):
+  """Which input positions change each output position: [T, T] bool (the receptive
+  field of one attention layer), by perturbing one input position at a time."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, T, 16)), jnp.float32)
+  params = attention.init(jax.random.key(0), x)
+  apply = jax.jit(lambda x: attention.apply(params, x, window))
+  base = np.asarray(apply(x))
+  seen = np.zeros((T, T), bool)
+  for s in range(T):
+    changed = np.asarray(apply(x.at[:, s].add(1.0)))
+    seen[:, s] = np.abs(changed - base).max(axis=(0, 2)) > 1e-6
+  return seen
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["static", "traced"])
+def test_local_layer_attends_to_its_band_only(traced):
+  if traced:  # scanned mixed patterns pass the window as a traced value
+    seen = influence(SelfAttention(num_heads=2, head_dim=8), jnp.int32(WINDOW))
+  else:
+    seen = influence(SelfAttention(num_heads=2, head_dim=8, local_window=WINDOW))
+  expected = np.asarray(attention_mask(jnp.arange(T), jnp.arange(T), causal=True,
+                                       window=WINDOW))
+  np.testing.assert_array_equal(seen, expected)
+  dense = influence(SelfAttention(num_heads=2, head_dim=8))
+  np.testing.assert_array_equal(dense, np.tril(np.ones((T, T), bool)))
+
+
+def test_alternating_pattern_gives_dense_and_local_layers():
+  config = TransformerConfig(num_layers=4, d_model=16, num_heads=2,
+                             attention_pattern="alternating", local_window=WINDOW)
+  assert config.layer_windows() == (0, WINDOW, 0, WINDOW)
+  explicit = TransformerConfig(num_layers=3, d_model=16, num_heads=2,
+                               attention_pattern="local,dense,local", local_window=5)
+  assert explicit.layer_windows() == (5, 0, 5)
+
+
+@pytest.mark.parametrize("pattern,window,message", [
+    ("alternating", 0, "set config.model.local_window"),
+    ("dense,local", 4, "4 comma-separated"),
+    ("sparse", 4, "expected dense, local, alternating"),
+])
+def test_bad_attention_pattern_is_a_one_line_error(pattern, window, message):
+  with pytest.raises(UserError, match=message):
+    TransformerConfig(num_layers=4, d_model=16, num_heads=2, attention_pattern=pattern,
+                      local_window=window)
+
+
+def gpt_with(pattern, scan, num_layers=2):
+  config = gpt.GPTConfig(**gpt.config_for(
+      "tiny", vocab_size=31, num_layers=num_layers, d_model=16, num_heads=2, max_len=T,
+      attention_pattern=pattern, local_window=2, scan_layers=scan))
+  model = gpt.GPT(config)
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32)))
+  return model, params["params"]
+
+
+def receptive_field(model, params):
+  """Which input tokens change the logits at each position."""
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 31, (1, T)), jnp.int32)
+  apply = jax.jit(lambda t: model.apply({"params": params}, t))
+  base = np.asarray(apply(tokens))
+  seen = np.zeros((T, T), bool)
+  for s in range(T):
+    changed = np.asarray(apply(tokens.at[:, s].set((tokens[0, s] + 1) % 31)))
+    seen[:, s] = np.abs(changed - base).max(axis=(0, 2)) > 1e-6
+  return seen
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
+def test_stacked_local_layers_grow_the_receptive_field_and_dense_layers_see_all(scan):
+  # Two banded layers of width 2 see 2 + 2 - 1 = 3 tokens back (the Sparse Transformer's
+  # argument: depth composes bands); one dense layer anywhere restores full causal context.
+  field = receptive_field(*gpt_with("local", scan))
+  expected = np.asarray(attention_mask(jnp.arange(T), jnp.arange(T), causal=True, window=3))
+  np.testing.assert_array_equal(field, expected)
+  np.testing.assert_array_equal(receptive_field(*gpt_with("alternating", scan)),
+                                np.tril(np.ones((T, T), bool)))
+
+
+def test_scanned_and_looped_alternating_models_agree():
+  looped, loop_params = gpt_with("alternating", False, num_layers=4)
+  scanned, _ = gpt_with("alternating", True, num_layers=4)
+  layers = [loop_params["blocks"][f"layer_{i}"] for i in range(4)]
+  scan_params = {**loop_params,
+                 "blocks": {"layers": jax.tree.map(lambda *x: jnp.stack(x), *layers)}}
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 31, (2, T)), jnp.int32)
+  np.testing.assert_allclose(scanned.apply({"params": scan_params}, tokens),
+                             looped.apply({"params": loop_params}, tokens), atol=1e-5)
