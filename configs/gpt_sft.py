@@ -6,7 +6,9 @@ Pre-train, then fine-tune from the pre-training run's workdir (its tokenizer com
   python -m genvis.main --config=configs/gpt_sft.py:size=tiny --workdir=runs/sft \\
       --config.init_from=runs/lm
 
-Without --config.init_from the same model trains from scratch on the labels.
+Without --config.init_from the same model trains from scratch on the labels. These two
+commands pre-train on the whole embedded corpus, held-out paragraphs included; for a clean
+measurement use experiments/sft_embedded.py, which pre-trains without them.
 
 Variants (comma-separated key=value after the colon):
   size      = the GPT variant of the pre-training run (tiny, small, gpt1, gpt2, ...); its

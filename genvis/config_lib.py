@@ -6,6 +6,7 @@ import os
 
 import ml_collections
 
+from genvis import atomic_files
 from genvis.train.mesh import DEFAULT_RULES
 
 
@@ -86,10 +87,9 @@ def parse_variant(arg: str | None, defaults: dict) -> dict:
 
 def write_config(config, workdir: str) -> str:
   """The resolved config as workdir/config.json."""
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+  resolved = json.loads(config.to_json_best_effort())
+  atomic_files.write_text(path, json.dumps(resolved, indent=2, sort_keys=True))
   return path
 
 

@@ -8,3 +8,10 @@ instead of a long traceback.
 
 class UserError(Exception):
   """A mistake in a config, a path or an input, with a one-line explanation."""
+
+
+def one_line(error: Exception) -> str:
+  """An exception from a library (Orbax, safetensors, torch) as one short line, to quote in a
+  UserError."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]

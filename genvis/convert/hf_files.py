@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from genvis.errors import UserError
+from genvis import atomic_files
+from genvis.errors import UserError, one_line
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -64,7 +65,7 @@ def read_dir(directory: str) -> tuple[dict, dict]:
     try:
       state_dict = torch.load(torch_file, map_location="cpu", weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f"{torch_file}: cannot be read ({_one_line(e)})") from None
+      raise UserError(f"{torch_file}: cannot be read ({one_line(e)})") from None
     return {k: to_numpy(v) for k, v in state_dict.items()}, hf_config
   raise UserError(f"{directory} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or "
                   f"{TORCH_FILE}")
@@ -74,15 +75,11 @@ def write_dir(state_dict: Mapping[str, np.ndarray], hf_config: dict, directory: 
   """config.json + model.safetensors, each written whole under a temporary name and then
   renamed, so a crash never leaves half a file."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  os.makedirs(directory, exist_ok=True)
-  weights = os.path.join(directory, SAFETENSORS_FILE)
-  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, weights + ".tmp",
-            metadata={"format": "pt"})  # transformers checks the format tag
-  os.replace(weights + ".tmp", weights)
-  config_path = os.path.join(directory, CONFIG_FILE)
-  with open(config_path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
-  os.replace(config_path + ".tmp", config_path)
+  with atomic_files.replacing(os.path.join(directory, SAFETENSORS_FILE)) as weights:
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, weights,
+              metadata={"format": "pt"})  # transformers checks the format tag
+  atomic_files.write_text(os.path.join(directory, CONFIG_FILE),
+                          json.dumps(hf_config, indent=2, sort_keys=True))
 
 
 def _read_safetensors(paths) -> dict:
@@ -92,10 +89,5 @@ def _read_safetensors(paths) -> dict:
     try:
       state_dict.update(load_file(path))
     except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f"{path}: cannot be read ({_one_line(e)})") from None
+      raise UserError(f"{path}: cannot be read ({one_line(e)})") from None
   return state_dict
-
-
-def _one_line(error: Exception) -> str:
-  lines = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"

@@ -138,8 +138,7 @@ def model_fields(hf_config: Mapping, family: Family, **overrides) -> dict:
   if not_runtime:
     raise UserError(f"model.{not_runtime[0]} comes from config.json and cannot be overridden "
                     f"on import (allowed: {', '.join(RUNTIME_FIELDS)})")
-  fields = {f.name: f.default for f in dataclasses.fields(gpt.GPTConfig)
-            if f.default is not dataclasses.MISSING}
+  fields = gpt.default_fields()
   fields.update(
       vocab_size=int(required("vocab_size")),
       max_len=int(required("n_positions")),
@@ -173,7 +172,7 @@ def to_hf_config(config: gpt.GPTConfig, family: Family) -> dict:
            f"d_model={config.d_model} (HF splits d_model evenly across heads)")
   if not config.causal:
     refuse("model.causal=False")
-  if getattr(config, "attention_pattern", "dense") != "dense":
+  if set(config.layer_kinds()) != {"dense"}:
     refuse(f"model.attention_pattern={config.attention_pattern!r} (HF attention is dense)")
   if (config.norm_position, config.final_norm) != (family.norm_position, family.final_norm):
     refuse(f"model.norm_position={config.norm_position!r}, final_norm={config.final_norm} "

@@ -62,7 +62,6 @@ def write_lm_workdir(model_fields: dict, params, workdir: str, *, tokenizer_path
     trainer.checkpointer.wait()
   finally:
     trainer.checkpointer.close()
-    trainer.writer.close()
   return config
 
 

@@ -25,7 +25,9 @@ looked up across lines) only partly: it ranks choices above chance but writes no
 Held out: a word, an affix or a cipher table is *held out* when the CRC-32 of its text is
 0 mod 8 (`is_held_out`). Training and validation episodes use only the other seven eighths,
 and the built-in evaluation tasks (genvis/eval/few_shot_tasks.py) only held-out ones, so no
-evaluated query word and no evaluated mapping ever occurs in the training stream. The
+evaluated query word is ever a training input and no evaluated mapping (affix, cipher table)
+is ever used in training; a held-out word can still, rarely, be a training *output* (the
+reverse or the cipher of a training word happens to spell it). The
 separators below are the prompt format of genvis/eval/prompts.py, so evaluation prompts look
 exactly like the beginning of a training episode.
 """

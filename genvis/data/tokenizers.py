@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from genvis import atomic_files
 from genvis.errors import UserError
 
 FILENAME = "tokenizer.json"
@@ -120,10 +121,8 @@ def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None
     return _check_matches(load(path), data_config, path)
   tokenizer = fit(data_config, train_text, val_text)
   if path and write:
-    os.makedirs(workdir, exist_ok=True)
-    temporary = path + ".tmp"  # written whole, then renamed: a crash never leaves half a file
-    tokenizer.save(temporary)
-    os.replace(temporary, path)
+    with atomic_files.replacing(path) as temporary:
+      tokenizer.save(temporary)
   return tokenizer
 
 

@@ -129,7 +129,7 @@ def run_few_shot(workdir: str, task_specs: list[str], shots: list[int], *,
 
   `devices` restricts the mesh the parameters are restored onto (default: all devices).
   """
-  from genvis.train.pretrained import load_trained  # pylint: disable=import-outside-toplevel
+  from genvis.train.pretrained import load_trained, read_config  # pylint: disable=import-outside-toplevel
   if not shots or min(shots) < 0:
     raise UserError(f"--shots={shots}: expected non-negative integers")
   if normalize not in scoring.NORMALIZATIONS:
@@ -139,13 +139,13 @@ def run_few_shot(workdir: str, task_specs: list[str], shots: list[int], *,
   names = [t.name for t in tasks]
   if len(set(names)) != len(names):
     raise UserError(f"--tasks: two tasks share a name ({', '.join(names)})")
-  trainer, params = load_trained(workdir, devices=devices)
-  if not hasattr(trainer.task, "tokenizer"):
+  task_name = read_config(workdir).task
+  if task_name != "lm":
     raise UserError(f"{workdir}: few-shot evaluation needs a language-model run "
-                    f"(config.task={trainer.config.task!r})")
-  steps = trainer.checkpointer.all_steps()
+                    f"(config.task='lm', not {task_name!r})")
+  trainer, params = load_trained(workdir, devices=devices)
   fmt = prompts_lib.PromptFormat(include_description=include_description)
-  results = {"workdir": workdir, "step": max(steps) if steps else 0, "shots": list(shots),
+  results = {"workdir": workdir, "step": trainer.restored_step, "shots": list(shots),
              "seed": seed, "normalize": normalize, "include_description": include_description,
              "tasks": {}}
   with trainer.sharding_context():

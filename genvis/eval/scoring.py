@@ -24,6 +24,7 @@ import numpy as np
 
 from genvis.errors import UserError
 from genvis.sampling import generate as generate_lib
+from genvis.sampling import text as text_lib
 
 NORMALIZATIONS = ("none", "token", "char")
 
@@ -123,16 +124,13 @@ def greedy_continuations(model, params, prompts: list[np.ndarray], *, max_new_to
     for rows in _batches(indices, batch_size):
       # Spare rows repeat the first prompt: a real prompt, whose output is dropped.
       filled = rows + [rows[0]] * (batch_size - len(rows))
-      tokens = np.zeros((batch_size, length), np.int32)
-      lengths = np.array([len(prompts[i]) for i in filled], np.int32)
-      for row, i in enumerate(filled):
-        tokens[row, :lengths[row]] = prompts[i]
+      tokens, lengths = text_lib.pad_prompts([prompts[i] for i in filled], length)
       generated = generate_lib.generate(
           model, params, jnp.asarray(tokens), jax.random.key(0), max_new_tokens=max_new_tokens,
           temperature=0.0, prompt_lengths=jnp.asarray(lengths), stop_token=stop_token)
-      generated = np.asarray(generated)
+      new = generate_lib.continuations(generated, lengths, max_new_tokens)
       for row, i in enumerate(rows):
-        outputs[i] = generated[row, lengths[row]:lengths[row] + max_new_tokens]
+        outputs[i] = new[row]
   return outputs
 
 

@@ -56,13 +56,17 @@ VARIANTS = {
 }
 
 
+def default_fields() -> dict:
+  """GPTConfig's fields that have defaults, with them."""
+  return {f.name: f.default for f in dataclasses.fields(GPTConfig)
+          if f.default is not dataclasses.MISSING}
+
+
 def config_for(variant: str, **overrides) -> dict:
   """Every GPTConfig field for a named variant, as a plain dict (for config files)."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown GPT variant {variant!r}; known: {', '.join(VARIANTS)}")
-  fields = {f.name: f.default for f in dataclasses.fields(GPTConfig)
-            if f.default is not dataclasses.MISSING}
-  return {**fields, **VARIANTS[variant], **overrides}
+  return {**default_fields(), **VARIANTS[variant], **overrides}
 
 
 class GPT(nn.Module):
@@ -120,11 +124,14 @@ def flops_per_token(config: GPTConfig, num_params: int, seq_len: int) -> float:
   """Training FLOPs per token: 6N for the matmuls with parameters (forward + backward)
   plus 12·L·d·T for attention scores and values (Kaplan et al. 2020; PaLM appendix B).
 
-  N excludes the position embedding, which is a lookup, not a matmul.
+  N excludes the position embedding, which is a lookup, not a matmul. A locally banded layer
+  (GPT-3's sparse layers) attends to at most `local_window` keys instead of T.
   """
   n = num_params - config.max_len * config.d_model
   d_attention = config.num_heads * config.attention_head_dim
-  return 6 * n + 12 * config.num_layers * d_attention * seq_len
+  keys_per_layer = sum(min(window, seq_len) if window else seq_len
+                       for window in config.layer_windows())
+  return 6 * n + 12 * d_attention * keys_per_layer
 
 
 def abstract_params(config: GPTConfig):

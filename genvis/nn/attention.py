@@ -99,9 +99,9 @@ class SelfAttention(nn.Module):
     # not yet written (and stale ones past a shorter prompt) fail the same comparison.
     query_pos = start[:, None] + jnp.arange(chunk)
     key_pos = jnp.arange(keys.shape[1])
-    mask = attention_mask(query_pos, key_pos, causal=True, window=window)
-    if not self.causal:
-      mask = jnp.broadcast_to(key_pos < (start + chunk)[:, None, None], mask.shape)
+    mask = attention_mask(query_pos, key_pos, causal=self.causal, window=window)
+    if not self.causal:  # every written slot, none of the empty ones
+      mask &= key_pos < (start + chunk)[:, None, None]
     return jax.nn.dot_product_attention(q, keys, values, mask=mask[:, None])
 
 

@@ -25,6 +25,8 @@ from genvis.errors import UserError
 
 def check_length(prompt_len: int, max_new_tokens: int, max_len: int):
   """Prompt plus generated tokens must fit the model's context."""
+  if max_new_tokens < 1:
+    raise UserError(f"sample.max_new_tokens={max_new_tokens}: generate at least one token")
   if prompt_len > max_len:
     raise UserError(f"the prompt has {prompt_len} tokens, longer than the model's context "
                     f"(model.max_len={max_len})")
@@ -50,7 +52,7 @@ def filter_logits(logits, temperature, top_k, top_p):
   probs = jax.nn.softmax(descending, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
   in_nucleus = (top_p >= 1.0) | (mass_before < top_p)
-  kept = jnp.sum(in_top_k & in_nucleus, axis=-1, keepdims=True)  # >= 1
+  kept = jnp.maximum(jnp.sum(in_top_k & in_nucleus, axis=-1, keepdims=True), 1)
   threshold = jnp.take_along_axis(descending, kept - 1, axis=-1)
   return jnp.where(logits < threshold, -jnp.inf, logits)
 

@@ -34,10 +34,11 @@ def read_prompts(sample_config) -> list[str]:
   return prompts
 
 
-def pad_prompts(prompt_ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded [rows, longest] ids and each row's length."""
+def pad_prompts(prompt_ids: list[np.ndarray], length: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded [rows, length] ids (default length: the longest) and each row's length."""
   lengths = np.array([len(ids) for ids in prompt_ids], np.int32)
-  padded = np.zeros((len(prompt_ids), lengths.max()), np.int32)
+  padded = np.zeros((len(prompt_ids), length or lengths.max()), np.int32)
   for row, ids in enumerate(prompt_ids):
     padded[row, :len(ids)] = ids
   return padded, lengths
@@ -54,6 +55,9 @@ def complete(model, params, tokenizer, prompt_ids: list[np.ndarray], rng, *, max
 
   max_new_tokens=0 fills the context after the longest prompt.
   """
+  if not 0.0 < top_p <= 1.0:
+    raise UserError(f"sample.top_p={top_p} must be in (0, 1] (1 switches nucleus sampling "
+                    "off)")
   padded, lengths = pad_prompts(prompt_ids)
   max_new_tokens = max_new_tokens or max_len - padded.shape[1]
   generate.check_length(padded.shape[1], max_new_tokens, max_len)

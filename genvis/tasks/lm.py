@@ -58,6 +58,9 @@ class LanguageModelTask(Task):
     return self.train_windows.batch(step, self.process_index, self.process_count)
 
   def eval_batches(self):
+    if self.config.eval.num_batches < 0:  # "all" means something only for a finite set
+      raise UserError(f"config.eval.num_batches={self.config.eval.num_batches}: the LM task "
+                      "draws random validation windows; give a number of batches")
     for i in range(self.config.eval.num_batches):
       yield self.val_windows.batch(i, self.process_index, self.process_count)
 

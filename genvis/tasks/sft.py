@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genvis import atomic_files
 from genvis.data import labelled_text, tokenizers
 from genvis.data.labelled_batches import LabelledBatches
 from genvis.errors import UserError
@@ -74,15 +75,21 @@ class SupervisedFineTuningTask(Task):
     """This run's saved tokenizer; else the pre-training run's (config.init_from), copied
     into this workdir; else one fitted on the labelled texts."""
     own = os.path.join(workdir, tokenizers.FILENAME) if workdir else None
-    if (own and os.path.exists(own)) or not config.init_from:
+    if not config.init_from:
       return tokenizers.fit_or_load(config.data, "\n".join(self.splits.train_texts),
                                     "\n".join(self.splits.heldout_texts), workdir, write=write)
-    source_dir = _workdir_with_tokenizer(config.init_from)
-    tokenizer = tokenizers.fit_or_load(config.data, "", "", source_dir, write=False)
-    if own and write:
-      os.makedirs(workdir, exist_ok=True)
-      shutil.copyfile(os.path.join(source_dir, tokenizers.FILENAME), own + ".tmp")
-      os.replace(own + ".tmp", own)  # whole or not at all
+    has_own = own is not None and os.path.exists(own)
+    source = own if has_own else os.path.join(_workdir_with_tokenizer(config.init_from),
+                                              tokenizers.FILENAME)
+    tokenizer = tokenizers.load(source)
+    # The pre-trained weights fix the token ids: the tokenizer keys follow the checkpoint's
+    # tokenizer (an imported GPT-2's 50257 BPE tokens, say), whatever the variant defaults.
+    config.data.tokenizer = tokenizer.kind
+    if tokenizer.kind == "bpe":
+      config.data.bpe_vocab_size = tokenizer.vocab_size
+    if own and write and not has_own:
+      with atomic_files.replacing(own) as temporary:
+        shutil.copyfile(source, temporary)
     return tokenizer
 
   def _resolve_model_config(self, config) -> gpt.GPTConfig:
@@ -138,23 +145,24 @@ class SupervisedFineTuningTask(Task):
     class_ce = optax.softmax_cross_entropy_with_integer_labels(class_logits, batch["labels"])
     cls_loss = (class_ce * weights).sum() / num_real
     correct = (jnp.argmax(class_logits, axis=-1) == batch["labels"]) * weights
-    lm_loss = self.lm_loss(lm_logits, batch)
+    lm_loss, lm_tokens = self.lm_loss(lm_logits, batch)
     loss = cls_loss + self.lm_loss_weight * lm_loss if self.lm_loss_weight > 0 else cls_loss
     metrics = {"loss": loss, "cls_loss": cls_loss, "lm_loss": lm_loss,
                "accuracy": correct.sum() / num_real}
-    if not train:
-      metrics["weight"] = weights.sum()  # the trainer weights held-out batches by this
+    if not train:  # the trainer averages held-out batches by these weights
+      metrics["weight"] = weights.sum()
+      metrics["weight/lm_loss"] = lm_tokens
     return loss, metrics
 
   @staticmethod
   def lm_loss(lm_logits, batch):
-    """L1: mean next-token cross-entropy over the real tokens of real rows (position t
-    predicts token t + 1 when t + 1 < length)."""
+    """(L1, the number of tokens it averages over): mean next-token cross-entropy over the
+    real tokens of real rows (position t predicts token t + 1 when t + 1 < length)."""
     tokens, lengths = batch["tokens"], batch["lengths"]
     targets = tokens[:, 1:]
     mask = (jnp.arange(1, tokens.shape[1])[None, :] < lengths[:, None]) * batch["weights"][:, None]
     ce = optax.softmax_cross_entropy_with_integer_labels(lm_logits[:, :-1], targets)
-    return (ce * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return (ce * mask).sum() / jnp.maximum(mask.sum(), 1.0), mask.sum()
 
   def flops_per_step(self, num_params):
     per_token = gpt.flops_per_token(self.model_config, num_params, self.seq_len)

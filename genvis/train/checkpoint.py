@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-from genvis.errors import UserError
+from genvis.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class Checkpointer:
     if unreadable:
       first_step, first_error = unreadable[0]
       raise UserError(f"no checkpoint in {self.directory} could be restored; step {first_step}: "
-                      f"{_one_line(first_error)}")
+                      f"{one_line(first_error)}")
     return None
 
   def _set_aside(self, unreadable):
     """Move checkpoints that failed to restore out of Orbax's view, keeping their files."""
     for step, error in unreadable:
       log.warning("checkpoint step %d in %s is unreadable (%s); restored an older one",
-                  step, self.directory, _one_line(error))
+                  step, self.directory, one_line(error))
       source = os.path.join(self.directory, str(step))
       if os.path.isdir(source) and _is_primary_process():
         os.replace(source, os.path.join(self.directory, f"corrupt-{step}"))
@@ -129,7 +129,7 @@ class ParamsSource:
       state_tree = self._manager.item_metadata(self.step)["state"].tree
     except Exception as e:  # pylint: disable=broad-except
       self._manager.close()
-      raise UserError(f"{key}: cannot read checkpoint {self.where}: {_one_line(e)}") from None
+      raise UserError(f"{key}: cannot read checkpoint {self.where}: {one_line(e)}") from None
     # A run that kept an EMA of its parameters is represented by it (as in pretrained.py).
     self.item = "ema_params" if state_tree.get("ema_params") is not None else "params"
     self.param_shapes = _shapes(state_tree[self.item])
@@ -200,11 +200,6 @@ def _find_checkpoint(path: str, key: str) -> tuple[str, int]:
       return directory, steps[-1]
   raise UserError(f"{key}={path!r} holds no checkpoint; expected a run's workdir or one of "
                   "its checkpoints, workdir/checkpoints/<step>")
-
-
-def _one_line(error: Exception) -> str:
-  text = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _is_primary_process() -> bool:

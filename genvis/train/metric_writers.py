@@ -7,6 +7,7 @@ imports TensorFlow.
 import json
 import os
 
+from genvis import atomic_files
 from genvis.train.event_file import EventFileWriter
 
 
@@ -38,10 +39,7 @@ class MetricWriter:
     if not self.enabled or not os.path.exists(self.jsonl_path):
       return
     kept = [r for r in read_metrics(self.workdir) if r["step"] <= step]
-    temporary = self.jsonl_path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(temporary, self.jsonl_path)
+    atomic_files.write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def close(self):
     if self._tb is not None:

@@ -27,6 +27,8 @@ def read_config(workdir: str, overrides: dict | None = None) -> ml_collections.C
     *parents, leaf = key.split(".")
     node = config
     for parent in parents:
+      if parent not in node:
+        raise UserError(f"config key {key!r} does not exist in {path}")
       node = node[parent]
     if leaf not in node:
       raise UserError(f"config key {key!r} does not exist in {path}")
@@ -36,9 +38,11 @@ def read_config(workdir: str, overrides: dict | None = None) -> ml_collections.C
 
 def load_trained(workdir: str, overrides: dict | None = None, devices=None):
   """(trainer, params): the run's task and model rebuilt from its config, and the newest
-  checkpoint's parameters (EMA parameters when the run kept them)."""
+  readable checkpoint's parameters (EMA parameters when the run kept them);
+  `trainer.restored_step` is that checkpoint's step."""
   from genvis.train.trainer import Trainer  # pylint: disable=import-outside-toplevel
   trainer = Trainer(read_config(workdir, overrides), workdir, devices)
   state = trainer.restore_latest()
+  trainer.restored_step = int(state.step)
   params = state.ema_params if state.ema_params is not None else state.params
   return trainer, params

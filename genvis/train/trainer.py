@@ -64,7 +64,6 @@ class Trainer:
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
                                      async_save=config.checkpoint.async_save)
-    self.writer = MetricWriter(workdir, enabled=self.is_primary)
     self._eval_step = jax.jit(make_eval_step(self.task),
                               out_shardings=mesh_lib.replicated(self.mesh))
 
@@ -209,18 +208,22 @@ class Trainer:
 
   def evaluate(self, params) -> dict:
     """Mean of the task's metrics over its held-out batches. A task whose batches may be
-    partly padding reports each batch's `weight` (its real examples) to weight the mean."""
-    totals, count = {}, 0.0
+    partly padding reports each batch's `weight` (its real examples), and `weight/<name>`
+    for a metric averaged over something else (tokens), to weight the means."""
+    totals, counts = {}, {}
     if self.config.eval.num_batches == 0:
       return {}
     with self.sharding_context():
       for local in self.task.eval_batches():
         metrics = jax.device_get(self._eval_step(params, self.global_batch(local)))
-        weight = float(metrics.pop("weight", 1.0))
+        weights = {k.removeprefix("weight/"): float(metrics.pop(k))
+                   for k in list(metrics) if k.startswith("weight/")}
+        default_weight = float(metrics.pop("weight", 1.0))
         for k, v in metrics.items():
+          weight = weights.get(k, default_weight)
           totals[k] = totals.get(k, 0.0) + weight * float(v)
-        count += weight
-    return {f"val_{k}": v / max(count, 1e-9) for k, v in totals.items()}
+          counts[k] = counts.get(k, 0.0) + weight
+    return {f"val_{k}": v / max(counts[k], 1e-9) for k, v in totals.items()}
 
   def sample(self, params, step: int) -> dict:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 2), step)
@@ -240,6 +243,8 @@ class Trainer:
       config_lib.write_config(self.config, self.workdir)  # after the task resolved vocab_size
     state = self.restore_or_init()
     start = int(jax.device_get(state.step))
+    # Opened here, not in __init__: evaluating or sampling a run adds no event files to it.
+    self.writer = MetricWriter(self.workdir, enabled=self.is_primary)
     self.writer.drop_after(start)  # a crashed run logged steps past its last checkpoint
     compile_start = time.perf_counter()
     train_step = self.compile_train_step()

@@ -151,3 +151,15 @@ def test_training_with_attention_dropout_is_seeded_and_eval_is_deterministic():
   assert np.abs(np.asarray(run(0)) - np.asarray(run(1))).max() > 1e-4
   np.testing.assert_array_equal(apply(model, params, tokens),
                                 apply(model, params, tokens))
+
+
+def test_flops_per_token_counts_attention_keys_per_layer():
+  dense = gpt.GPTConfig(**gpt.config_for("gpt3-small"))
+  n = gpt.count_params(gpt.abstract_params(dense))
+  attention = 12 * 768 * 2048  # 12 · d · T per layer
+  assert gpt.flops_per_token(dense, n, 2048) == 6 * (n - 2048 * 768) + 12 * attention
+  sparse = gpt.GPTConfig(**gpt.config_for("gpt3-small", attention_pattern="alternating",
+                                          local_window=256))
+  # Six banded layers see 256 keys, not 2048.
+  assert (gpt.flops_per_token(dense, n, 2048) - gpt.flops_per_token(sparse, n, 2048)
+          == 6 * 12 * 768 * (2048 - 256))

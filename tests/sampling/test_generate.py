@@ -117,6 +117,17 @@ def test_top_k_restricts_to_the_k_most_likely():
 
 def test_prompt_longer_than_context_is_a_one_line_error():
   with pytest.raises(UserError, match=r"longer than the model's context \(model.max_len=24\)"):
-    generate.check_length(25, 0, 24)
+    generate.check_length(25, 1, 24)
   with pytest.raises(UserError, match="max_new_tokens=10 exceeds"):
     generate.check_length(20, 10, 24)
+  with pytest.raises(UserError, match="max_new_tokens=0: generate at least one token"):
+    generate.check_length(3, 0, 24)
+
+
+def test_top_p_at_or_below_zero_keeps_the_top_token_and_combines_with_top_k():
+  logits = jnp.array([[3.0, 1.0, 0.0, -1.0]])
+  kept = lambda k, p: np.isfinite(np.asarray(generate.filter_logits(
+      logits, jnp.float32(1.0), jnp.int32(k), jnp.float32(p))))[0].tolist()
+  assert kept(2, 0.0) == [True, False, False, False]
+  assert kept(2, 1.0) == [True, True, False, False]
+  assert kept(3, 0.99) == [True, True, True, False]  # top-k binds before the nucleus does

@@ -123,7 +123,7 @@ def test_loss_is_cls_loss_plus_lambda_times_lm_loss(initialised):
   on = _metrics(trainer.task, state.params, batch, 0.5)
   np.testing.assert_allclose(on["loss"], on["cls_loss"] + 0.5 * on["lm_loss"], rtol=1e-6)
   assert on["lm_loss"] > 1.0 and on["loss"] > off["loss"] + 0.5  # a barely trained LM
-  assert set(on) == {"loss", "cls_loss", "lm_loss", "accuracy", "weight"}
+  assert set(on) == {"loss", "cls_loss", "lm_loss", "accuracy", "weight", "weight/lm_loss"}
 
 
 def test_lm_loss_and_metrics_ignore_padding_tokens_and_rows(initialised):
@@ -238,9 +238,14 @@ def test_eval_accuracy_counts_every_heldout_example_once(initialised):
   task, held = trainer.task, trainer.task.heldout_set
   assert held.num_examples % 16 != 0  # the last batch is partial
   metrics = trainer.evaluate(state.params)
-  logits = jax.jit(lambda p, t, n: task.model.apply({"params": p}, t, n)[1])(
+  lm_logits, logits = jax.jit(lambda p, t, n: task.model.apply({"params": p}, t, n))(
       jax.device_get(state.params), held.tokens, held.lengths)
   expected = np.mean(np.argmax(logits, -1) == held.labels)
   np.testing.assert_allclose(metrics["val_accuracy"], expected, atol=1e-6)
+  # The LM loss is a mean over every held-out token, not a mean of per-batch means.
+  real = np.arange(1, held.tokens.shape[1])[None, :] < np.asarray(held.lengths)[:, None]
+  log_probs = jax.nn.log_softmax(np.asarray(lm_logits[:, :-1]), axis=-1)
+  token_ce = -np.take_along_axis(np.asarray(log_probs), held.tokens[:, 1:, None], -1)[..., 0]
+  np.testing.assert_allclose(metrics["val_lm_loss"], token_ce[real].mean(), rtol=1e-5)
   weights = sum(b["weights"].sum() for b in task.eval_batches())
   assert weights == held.num_examples == len(task.splits.heldout_texts)
