@@ -22,7 +22,7 @@ class LanguageModelTask(Task):
     train_text, val_text = text_sources.load_text_splits(config.data)
     self.tokenizer = tokenizers.fit_or_load(config.data, train_text, val_text, workdir,
                                             write=process_index == 0)
-    self.model_config = self._resolve_model_config(config)
+    self.model_config = resolve_model_config(config, self.tokenizer)
     self.model = gpt.GPT(self.model_config)
     self.seq_len = config.data.seq_len or self.model_config.max_len
     if self.seq_len > self.model_config.max_len:
@@ -34,17 +34,6 @@ class LanguageModelTask(Task):
     self.val_windows = batching.TokenWindows(
         self.tokenizer.encode(val_text), self.seq_len, config.data.batch_size,
         seed=config.seed + 1, name="the validation split")
-
-  def _resolve_model_config(self, config) -> gpt.GPTConfig:
-    """The model config, with vocab_size=0 filled in from the tokenizer (also in `config`,
-    so the resolved value is what workdir/config.json records)."""
-    vocab = self.tokenizer.vocab_size
-    if config.model.vocab_size == 0:
-      config.model.vocab_size = vocab
-    elif config.model.vocab_size < vocab:
-      raise UserError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
-                      f"the tokenizer's vocabulary ({vocab})")
-    return gpt.GPTConfig(**config.model.to_dict())
 
   def batch_spec(self):
     shape = (self.config.data.batch_size, self.seq_len)
@@ -102,3 +91,15 @@ class LanguageModelTask(Task):
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         stop=text.unescape(cfg.stop))
     return {"texts": [p + c for p, c in zip(prompts, continuations)]}
+
+
+def resolve_model_config(config, tokenizer) -> gpt.GPTConfig:
+  """`config.model` as a GPTConfig, with vocab_size=0 filled in from the tokenizer (also in
+  `config`, so workdir/config.json and checkpoint comparisons see the real value)."""
+  vocab = tokenizer.vocab_size
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = vocab
+  elif config.model.vocab_size < vocab:
+    raise UserError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
+                    f"the tokenizer's vocabulary ({vocab})")
+  return gpt.GPTConfig(**config.model.to_dict())

@@ -38,6 +38,7 @@ from genvis.errors import UserError
 from genvis.models import gpt
 from genvis.models.gpt_classifier import GPTClassifier
 from genvis.tasks.base import Task
+from genvis.tasks.lm import resolve_model_config
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class SupervisedFineTuningTask(Task):
       raise UserError(f"config.sft.lm_loss_weight={self.lm_loss_weight} must be >= 0")
     self.splits = labelled_text.load_labelled_splits(config.data)
     self.tokenizer = self._tokenizer(config, workdir, write=process_index == 0)
-    self.model_config = self._resolve_model_config(config)
+    self.model_config = resolve_model_config(config, self.tokenizer)
     self.model = GPTClassifier(self.model_config, num_classes=self.splits.num_classes)
     self.seq_len = config.data.seq_len or self.model_config.max_len
     if self.seq_len > self.model_config.max_len:
@@ -91,17 +92,6 @@ class SupervisedFineTuningTask(Task):
       with atomic_files.replacing(own) as temporary:
         shutil.copyfile(source, temporary)
     return tokenizer
-
-  def _resolve_model_config(self, config) -> gpt.GPTConfig:
-    """vocab_size=0 is filled in from the tokenizer (in `config` too, so config.json and the
-    comparison with the init_from checkpoint see the real value)."""
-    vocab = self.tokenizer.vocab_size
-    if config.model.vocab_size == 0:
-      config.model.vocab_size = vocab
-    elif config.model.vocab_size < vocab:
-      raise UserError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
-                      f"the tokenizer's vocabulary ({vocab})")
-    return gpt.GPTConfig(**config.model.to_dict())
 
   def _encode(self, texts: list[str]) -> list[np.ndarray]:
     """Token ids per text. A character tokenizer drops characters it does not know (text
