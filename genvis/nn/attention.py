@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genvis.errors import UserError
 from genvis.nn import partitioning as P
 from genvis.nn.dense import DenseND
 
@@ -56,6 +57,9 @@ class SelfAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, heads, head_dim]
     if window is None and self.local_window > 0:
       window = self.local_window
+    if self.implementation == "cudnn" and jax.default_backend() != "gpu":
+      raise UserError(f"config.model.attention_impl='cudnn' needs a GPU; this run is on "
+                      f"{jax.default_backend()} (use '' or 'xla')")
 
     if self.decode and self.has_variable("cache", "cached_key"):
       out = self._attend_with_cache(q, k, v, window)

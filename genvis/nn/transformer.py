@@ -64,6 +64,9 @@ class TransformerConfig:
                         f"{', '.join(allowed)}")
     for name in (self.dtype, self.param_dtype):
       P.dtype(name)  # raises a UserError naming the dtype keys
+    if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+      raise UserError(f"config.model.attention_impl='cudnn' needs config.model.dtype="
+                      f"bfloat16 or float16 (cuDNN's flash attention), not {self.dtype!r}")
     if "local" in self.layer_kinds() and self.local_window < 1:
       raise UserError(f"config.model.attention_pattern={self.attention_pattern!r} has local "
                       f"layers: set config.model.local_window >= 1 (now {self.local_window})")

@@ -113,23 +113,32 @@ class ParamsSource:
   `config.init_from`): its metadata, the shapes of its parameters, and a restore of just those
   arrays onto the caller's shardings (the optimizer state is never read).
 
-  `path` is a run's workdir or its checkpoints folder (the newest step is used) or one
-  checkpoint, workdir/checkpoints/<step>; `key` names the config key in errors.
+  `path` is a run's workdir or its checkpoints folder (the newest readable step is used; as on
+  resume, an unreadable one falls back to the one before, with a warning, but nothing of the
+  other run is moved) or one checkpoint, workdir/checkpoints/<step>; `key` names the config
+  key in errors.
   """
 
   def __init__(self, path: str, key: str):
-    self.directory, self.step = _find_checkpoint(path, key)
-    self.where = f"{self.directory}/{self.step}"
+    self.directory, self._candidates = _find_checkpoints(path, key)
     options = ocp.CheckpointManagerOptions(create=False)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
-    try:
-      state_tree = self._manager.item_metadata(self.step)["state"].tree
-    except Exception as e:  # pylint: disable=broad-except
-      self._manager.close()
-      raise UserError(f"{key}: cannot read checkpoint {self.where}: {one_line(e)}") from None
+    state_tree = None
+    for step in list(self._candidates):
+      self.step, self.where = step, f"{self.directory}/{step}"
+      try:
+        state_tree = self._manager.item_metadata(step)["state"].tree
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        self._candidates.remove(step)
+        if not self._candidates:
+          self._manager.close()
+          raise UserError(f"{key}: cannot read checkpoint {self.where}: {one_line(e)}") from None
+        log.warning("checkpoint %s is unreadable (%s); trying an older one", self.where,
+                    one_line(e))
     # A run that kept an EMA of its parameters is represented by it (as in pretrained.py).
     self.item = "ema_params" if state_tree.get("ema_params") is not None else "params"
     self.param_shapes = _shapes(state_tree[self.item])
@@ -161,12 +170,21 @@ class ParamsSource:
     return target, sorted(set(ours) - set(saved))
 
   def restore(self, target):
-    """The parameters in `target` (from `subtree_target`), laid out as it says."""
+    """The parameters in `target` (from `subtree_target`), laid out as it says; an older
+    checkpoint of the same run if this one's arrays cannot be read."""
     item = {self.item: target}
     args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(item))
-    restored = self._manager.restore(self.step, args=ocp.args.Composite(state=args))
-    return restored["state"][self.item]
+    for step in self._candidates[self._candidates.index(self.step):]:
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+        return restored["state"][self.item]
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+        log.warning("checkpoint %s/%d is unreadable (%s); trying an older one",
+                    self.directory, step, one_line(e))
+    raise UserError(f"no checkpoint of {self.directory} could be restored: "
+                    f"{one_line(error)}")
 
   def close(self):
     self._manager.close()
@@ -186,18 +204,19 @@ def _checkpoint_steps(directory: str) -> list[int]:
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
 
 
-def _find_checkpoint(path: str, key: str) -> tuple[str, int]:
-  """(checkpoints folder, step) that `path` names."""
+def _find_checkpoints(path: str, key: str) -> tuple[str, list[int]]:
+  """(checkpoints folder, candidate steps newest first) that `path` names: one step if it
+  names a checkpoint, else every step of the run."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise UserError(f"{key}={path!r}: no such directory")
   name = os.path.basename(path)
   if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(name)
+    return os.path.dirname(path), [int(name)]
   for directory in (os.path.join(path, "checkpoints"), path):
     steps = _checkpoint_steps(directory)
     if steps:
-      return directory, steps[-1]
+      return directory, steps[::-1]
   raise UserError(f"{key}={path!r} holds no checkpoint; expected a run's workdir or one of "
                   "its checkpoints, workdir/checkpoints/<step>")
 

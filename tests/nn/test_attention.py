@@ -110,3 +110,11 @@ def test_scanned_and_looped_alternating_models_agree():
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 31, (2, T)), jnp.int32)
   np.testing.assert_allclose(scanned.apply({"params": scan_params}, tokens),
                              looped.apply({"params": loop_params}, tokens), atol=1e-5)
+
+
+def test_cudnn_attention_is_refused_where_it_cannot_run():
+  with pytest.raises(UserError, match="attention_impl='cudnn' needs config.model.dtype"):
+    TransformerConfig(num_layers=1, d_model=16, num_heads=2, attention_impl="cudnn")
+  attention = SelfAttention(num_heads=2, head_dim=8, implementation="cudnn")
+  with pytest.raises(UserError, match="'cudnn' needs a GPU; this run is on cpu"):
+    attention.init(jax.random.key(0), jnp.zeros((1, 4, 16)))

@@ -249,3 +249,24 @@ def test_eval_accuracy_counts_every_heldout_example_once(initialised):
   np.testing.assert_allclose(metrics["val_lm_loss"], token_ce[real].mean(), rtol=1e-5)
   weights = sum(b["weights"].sum() for b in task.eval_batches())
   assert weights == held.num_examples == len(task.splits.heldout_texts)
+
+
+def test_init_from_a_run_whose_newest_checkpoint_is_corrupt_uses_the_one_before(tmp_path,
+                                                                                caplog):
+  lm_dir = tmp_path / "lm"
+  config = tiny_config(train__steps=4, checkpoint__every=2, eval__num_batches=0,
+                       sample__num_samples=0)
+  Trainer(config, str(lm_dir)).train()
+  for path in (lm_dir / "checkpoints" / "4" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(b"garbage")
+  with caplog.at_level("WARNING"):
+    state = Trainer(sft_config(init_from=str(lm_dir)), str(tmp_path / "sft")).restore_or_init()
+  assert "unreadable" in caplog.text and "/4" in caplog.text
+  assert (lm_dir / "checkpoints" / "4").is_dir()  # the other run's files are left alone
+  # The parameters are step 2's.
+  (lm_dir / "checkpoints" / "4").rename(lm_dir / "checkpoints" / "broken")
+  step2 = flat(Trainer(tiny_config(), str(lm_dir)).restore_latest().params)
+  params = flat(state.params)
+  for name, value in step2.items():
+    np.testing.assert_array_equal(params[name], value)
