@@ -12,12 +12,10 @@ import os
 import shlex
 
 import jax
-import jax.numpy as jnp
 
 from genvis import config_lib
 from genvis.data import tokenizers
 from genvis.errors import UserError
-from genvis.train.state import TrainState
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,7 +63,7 @@ def write_lm_workdir(model_fields: dict, params, workdir: str, *, tokenizer_path
   return config
 
 
-def _initial_state(trainer, params) -> TrainState:
+def _initial_state(trainer, params):
   """The train state `Trainer._init_state` would build, with `params` in place of a random
   initialisation, laid out with the trainer's shardings."""
   expected = trainer.abstract_state.params
@@ -77,17 +75,7 @@ def _initial_state(trainer, params) -> TrainState:
     if (value.shape, value.dtype) != (spec.shape, spec.dtype):
       raise UserError(f"params{jax.tree_util.keystr(path)} is {value.dtype}{value.shape}, "
                       f"config.model expects {spec.dtype}{spec.shape}")
-  config = trainer.config
-
-  def build(params):
-    _, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    return TrainState(step=jnp.int32(0), params=params, opt_state=trainer.tx.init(params),
-                      rng=state_rng,
-                      ema_params=params if config.train.ema_decay > 0 else None)
-
-  with trainer.sharding_context():
-    return jax.jit(build, in_shardings=(trainer.state_shardings.params,),
-                   out_shardings=trainer.state_shardings)(params)
+  return trainer.state_from_params(params)
 
 
 def config_overrides(config, config_spec: str) -> dict:

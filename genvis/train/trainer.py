@@ -77,10 +77,23 @@ class Trainer:
 
   def _init_state(self, rng) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    params = nn.meta.unbox(self.task.init_variables(init_rng)["params"])
+    return self._state_around(nn.meta.unbox(self.task.init_variables(init_rng)["params"]),
+                              state_rng)
+
+  def _state_around(self, params, state_rng) -> TrainState:
+    """A step-0 state holding `params`: fresh optimizer state, EMA (if kept) starting at them."""
     ema = params if self.config.train.ema_decay > 0 else None
     return TrainState(step=np.int32(0), params=params, opt_state=self.tx.init(params),
                       rng=state_rng, ema_params=ema)
+
+  def state_from_params(self, params) -> TrainState:
+    """The step-0 state a fresh run would start from, holding given parameters (imported
+    weights), laid out with this trainer's shardings."""
+    _, state_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
+    with self.sharding_context():
+      return jax.jit(lambda p: self._state_around(p, state_rng),
+                     in_shardings=(self.state_shardings.params,),
+                     out_shardings=self.state_shardings)(params)
 
   def _derive_state_shardings(self):
     rng = jax.random.PRNGKey(self.config.seed)
@@ -160,9 +173,7 @@ class Trainer:
       source.close()
 
     def merge(state, loaded):
-      params = _merge_trees(state.params, loaded)
-      ema = params if state.ema_params is not None else None
-      return state.replace(params=params, ema_params=ema)
+      return self._state_around(_merge_trees(state.params, loaded), state.rng)
 
     with self.sharding_context():
       return jax.jit(merge, out_shardings=self.state_shardings, donate_argnums=(0,))(
