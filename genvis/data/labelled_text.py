@@ -76,16 +76,10 @@ def load_tfds_labelled(name: str, split: str, *, data_dir: str | None = None,
   """
   if max_examples is not None and max_examples < 1:
     raise UserError(f"config.data.tfds_max_examples={max_examples} must be positive (0: all)")
-  # The helpers of tfds_text: the same fast, one-line checks as the LM's tfds text.
-  # pylint: disable=protected-access
-  tfds = tfds_text._import_tfds()
-  builder = tfds_text._make_builder(tfds, name, data_dir)
-  tfds_text._check_prepared(builder, name, split, data_dir)
-  tfds_text._check_split(builder, name, split)
-  text_key = tfds_text._text_key(builder, name, text_key)
+  # The same fast, one-line checks as the LM's tfds text.
+  tfds, builder, text_key = tfds_text.open_prepared(name, split, data_dir=data_dir,
+                                                    text_key=text_key)
   class_names = _class_names(tfds, builder, name, label_key)
-  tfds_text._hide_gpus_from_tf()
-  # pylint: enable=protected-access
   ds = builder.as_dataset(split=split, shuffle_files=False)
   if max_examples is not None:
     ds = ds.take(max_examples)

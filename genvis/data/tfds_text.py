@@ -44,14 +44,7 @@ def load_tfds_text(
   """
   if max_examples is not None and max_examples < 1:
     raise UserError(f'max_examples must be a positive int or None, got {max_examples!r}')
-  tfds = _import_tfds()
-  builder = _make_builder(tfds, name, data_dir)
-  # Check everything that can be checked from the metadata before TensorFlow is imported,
-  # so that mistakes are reported in well under a second.
-  _check_prepared(builder, name, split, data_dir)
-  _check_split(builder, name, split)
-  key = _text_key(builder, name, text_key)
-  _hide_gpus_from_tf()
+  tfds, builder, key = open_prepared(name, split, data_dir=data_dir, text_key=text_key)
   ds = builder.as_dataset(split=split, shuffle_files=False)
   if max_examples is not None:
     ds = ds.take(max_examples)
@@ -59,6 +52,20 @@ def load_tfds_text(
   texts = [text for batch in tfds.as_numpy(ds) for text in batch]
   # One decode of the joined bytes is much cheaper than one per sentence.
   return b'\n'.join(texts).decode('utf-8')
+
+
+def open_prepared(name: str, split: str, *, data_dir: str | None = None,
+                  text_key: str | None = None):
+  """(tfds module, builder, text feature name) of a prepared dataset split, after every check
+  that the metadata allows (prepared, split, text feature), so that mistakes are reported in
+  one line and well under a second, before TensorFlow is imported."""
+  tfds = _import_tfds()
+  builder = _make_builder(tfds, name, data_dir)
+  _check_prepared(builder, name, split, data_dir)
+  _check_split(builder, name, split)
+  key = _text_key(builder, name, text_key)
+  _hide_gpus_from_tf()
+  return tfds, builder, key
 
 
 def _import_tfds():
