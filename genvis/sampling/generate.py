@@ -19,6 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from genvis.errors import UserError
 
@@ -168,6 +169,5 @@ def generate(model, params, prompt, rng, *, max_new_tokens: int, temperature=1.0
 
 def continuations(tokens, prompt_lengths, max_new_tokens: int):
   """Each row's new tokens (a list of numpy int arrays) from `generate`'s output."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   tokens = np.asarray(tokens)
   return [row[start:start + max_new_tokens] for row, start in zip(tokens, prompt_lengths)]
