@@ -55,6 +55,11 @@ class Task(abc.ABC):
     """JSON-able facts stored with each checkpoint; a resume checks they still match."""
     return {}
 
+  def model_field_defaults(self) -> dict[str, Any]:
+    """Defaults of the model config's fields: a checkpoint written before a field existed
+    is compared as if it had recorded the default (what the field's addition preserved)."""
+    return {}
+
   def sample(self, params, rng) -> dict[str, Any]:
     """Samples to show a person (texts, image grids). Optional."""
     return {}

@@ -66,6 +66,9 @@ class LanguageModelTask(Task):
   def tokens_per_step(self):
     return self.config.data.batch_size * self.seq_len
 
+  def model_field_defaults(self):
+    return gpt.default_fields()
+
   def metadata(self):
     return {"task": "lm", "model": dataclasses.asdict(self.model_config),
             "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size}

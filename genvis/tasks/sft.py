@@ -161,6 +161,9 @@ class SupervisedFineTuningTask(Task):
   def tokens_per_step(self):
     return self.config.data.batch_size * self.seq_len  # padding included: it is computed
 
+  def model_field_defaults(self):
+    return gpt.default_fields()
+
   def metadata(self):
     return {"task": "sft", "model": dataclasses.asdict(self.model_config),
             "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size,

@@ -119,7 +119,9 @@ class Trainer:
     (init_from: another task's run) only the model and the facts both tasks record count."""
     current = self.task.metadata()
     runtime_only = {"dropout", "attention_dropout", "remat", "dtype", "attention_impl"}
-    saved_model, model = saved.get("model", {}), current.get("model", {})
+    model = current.get("model", {})
+    defaults = {k: v for k, v in self.task.model_field_defaults().items() if k in model}
+    saved_model = {**defaults, **saved.get("model", {})}  # older checkpoints lack new fields
     differences = [f"model.{k}={saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now"
                    for k in sorted(set(saved_model) | set(model))
                    if k not in runtime_only and saved_model.get(k) != model.get(k)]

@@ -150,3 +150,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   assert "unreadable" in caplog.text
   assert (checkpoints / "corrupt-4").is_dir()  # kept for inspection, out of the way
   assert trainer.checkpointer.all_steps() == [2]
+
+
+def test_a_checkpoint_older_than_a_model_field_counts_as_its_default(tmp_path):
+  trainer = Trainer(tiny_config(**NO_EXTRAS), str(tmp_path))
+  older = trainer.task.metadata()
+  del older["model"]["attention_pattern"]  # written before the field existed
+  trainer.check_checkpoint_meta(older, "old")  # the default: the same model
+  banded = Trainer(tiny_config(model__attention_pattern="local", model__local_window=4,
+                               **NO_EXTRAS), str(tmp_path))
+  with pytest.raises(UserError, match="model.attention_pattern='dense' in the checkpoint, "
+                                      "'local' now"):
+    banded.check_checkpoint_meta(older, "old")
