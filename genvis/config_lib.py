@@ -1,12 +1,14 @@
 """Config helpers shared by every `configs/*.py`: the trainer's default sections, variant
 strings ("size=tiny,data=file"), and writing the resolved config."""
 
+import ast
 import json
 import os
 
 import ml_collections
 
 from genvis import atomic_files
+from genvis.errors import UserError
 from genvis.train.mesh import DEFAULT_RULES
 
 
@@ -53,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=2,  # per prompt
       prompt="",  # "\n" in it stands for a newline
       prompt_file="",  # one prompt per line (blank lines skipped); used instead of prompt
-      max_new_tokens=0,  # 0: up to the model's context
+      max_new_tokens=0,  # 0: fill the model's context (and one token sampled from its end)
       temperature=0.8,  # 0: greedy
       top_k=0,  # 0: off
       top_p=1.0,  # nucleus sampling; 1: off
@@ -83,6 +85,21 @@ def parse_variant(arg: str | None, defaults: dict) -> dict:
                        f"{sorted(defaults)}")
     values[key] = value
   return values
+
+
+def parse_overrides(items) -> dict:
+  """Command-line `KEY=VALUE` strings (`--set model.num_layers=4`) as {key: value}; values
+  are Python literals (8, 1e-4, True, (1, 2)) or else the string itself."""
+  overrides = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise UserError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return overrides
 
 
 def write_config(config, workdir: str) -> str:

@@ -1,8 +1,9 @@
-"""Hugging Face GPT-2 and GPT-1 checkpoints <-> genvis GPT parameters.
+"""Hugging Face GPT-2, GPT-1 and ImageGPT checkpoints <-> genvis GPT parameters.
 
-The published GPT-2 and GPT-1 weights live in Hugging Face layouts (`GPT2LMHeadModel`,
-`OpenAIGPTLMHeadModel`). Importing them lets genvis sample, evaluate and fine-tune the public
-models; exporting lets a genvis run be checked against, or used by, the transformers library.
+The published GPT-2, GPT-1 and ImageGPT weights live in Hugging Face layouts
+(`GPT2LMHeadModel`, `OpenAIGPTLMHeadModel`, `ImageGPTForCausalImageModeling`). Importing them
+lets genvis sample, evaluate and fine-tune the public models; exporting lets a genvis run be
+checked against, or used by, the transformers library.
 
 The layouts differ from genvis's by names only (GPT-1's name in brackets where it differs):
 
@@ -16,11 +17,15 @@ The layouts differ from genvis's by names only (GPT-1's name in brackets where i
   ln_f {scale,bias}                       ln_f {weight,bias} (GPT-1: none, it is post-LN)
   head/kernel [D, V] (untied only)        lm_head.weight [V, D] (tied: HF reuses wte)
 
+ImageGPT is GPT-2's layout with gain-only norms (`weight`, no `bias`) and an untied head with
+one output fewer than its inputs (the start-of-image token is never predicted).
+
 HF's Conv1D stores a weight as [in, out], the order of genvis kernels, and splits the fused
 QKV output as (q | k | v) x heads x head_dim, so every tensor converts by a reshape alone
 (the untied head by a transpose): import and export are exact inverses.
 
-Import a local directory into a genvis workdir (config.json + a step-0 checkpoint):
+Import a local GPT-2 / GPT-1 directory into a genvis workdir (config.json + a step-0
+checkpoint; ImageGPT weights load through `load_hf_dir` / `from_hf`):
 
   python -m genvis.convert.hf_gpt --hf_dir=gpt2 --workdir=runs/gpt2 [--family=gpt2|gpt1]
 
@@ -42,6 +47,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
+from genvis import config_lib
 from genvis.convert import hf_files
 from genvis.errors import UserError
 from genvis.models import gpt
@@ -68,6 +74,9 @@ class Family:
   activations: Mapping[str, str]  # HF activation name -> genvis activation
   export_activations: Mapping[str, str]  # genvis activation -> HF activation name
   mlp_dim_key: str | None  # config.json's key for the MLP width, if it has one
+  input_only_tokens: int = 0  # ids at the end of the vocabulary the head does not predict
+  # genvis model fields the layout implies (beyond GPT-2's defaults).
+  implied_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # Options genvis does not implement, with the only value it can import.
   required: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -91,6 +100,16 @@ FAMILIES = {
         norm_position="post", final_norm=False, activation_key="afn", default_activation="gelu",
         activations={"gelu": "gelu_tanh"}, export_activations={"gelu_tanh": "gelu"},
         mlp_dim_key=None),
+    "imagegpt": Family(
+        name="imagegpt", model_type="imagegpt", architecture="ImageGPTForCausalImageModeling",
+        token_embedding="wte", position_embedding="wpe", norm_position="pre", final_norm=True,
+        activation_key="activation_function", default_activation="quick_gelu",
+        activations={"quick_gelu": "quick_gelu"}, export_activations={"quick_gelu":
+                                                                       "quick_gelu"},
+        mlp_dim_key="n_inner", input_only_tokens=1,
+        implied_fields={"norm": "rms", "zero_init_head": True},
+        required={"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                  "add_cross_attention": False, "tie_word_embeddings": False}),
 }
 
 # genvis module and leaf names -> Hugging Face's (names not listed are the same).
@@ -108,11 +127,11 @@ def family_of(hf_config: Mapping, family: str | None = None) -> Family:
     raise UserError(f"family={family!r}: expected one of {', '.join(FAMILIES)}")
   if model_type is not None and model_type not in by_type:
     raise UserError(f"config.json model_type={model_type!r}: expected one of "
-                    f"{', '.join(by_type)} (GPT-2 or GPT-1)")
+                    f"{', '.join(by_type)} (GPT-2, GPT-1 or ImageGPT)")
   if family is not None and model_type is not None and by_type[model_type].name != family:
     raise UserError(f"family={family!r} but config.json has model_type={model_type!r}")
   if family is None and model_type is None:
-    raise UserError("config.json has no model_type: pass family='gpt2' or 'gpt1'")
+    raise UserError("config.json has no model_type: pass family='gpt2', 'gpt1' or 'imagegpt'")
   return FAMILIES[family] if family is not None else by_type[model_type]
 
 
@@ -139,8 +158,10 @@ def model_fields(hf_config: Mapping, family: Family, **overrides) -> dict:
     raise UserError(f"model.{not_runtime[0]} comes from config.json and cannot be overridden "
                     f"on import (allowed: {', '.join(RUNTIME_FIELDS)})")
   fields = gpt.default_fields()
+  vocab_size = int(required("vocab_size"))
   fields.update(
-      vocab_size=int(required("vocab_size")),
+      vocab_size=vocab_size,
+      output_vocab_size=vocab_size - family.input_only_tokens if family.input_only_tokens else 0,
       max_len=int(required("n_positions")),
       num_layers=int(required("n_layer")),
       d_model=d_model,
@@ -150,13 +171,15 @@ def model_fields(hf_config: Mapping, family: Family, **overrides) -> dict:
       activation=family.activations[hf_activation],
       norm_position=family.norm_position,
       final_norm=family.final_norm,
-      tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
+      tie_embeddings=bool(hf_config.get("tie_word_embeddings",
+                                        family.required.get("tie_word_embeddings", True))),
       layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-5)),
       use_bias=True,
       causal=True,
       dropout=float(hf_config.get("resid_pdrop", 0.1)),
       attention_dropout=float(hf_config.get("attn_pdrop", 0.1)),
       init_std=float(hf_config.get("initializer_range", 0.02)),
+      **family.implied_fields,
   )
   fields.update(overrides)
   return fields
@@ -177,6 +200,14 @@ def to_hf_config(config: gpt.GPTConfig, family: Family) -> dict:
   if (config.norm_position, config.final_norm) != (family.norm_position, family.final_norm):
     refuse(f"model.norm_position={config.norm_position!r}, final_norm={config.final_norm} "
            f"(it needs {family.norm_position!r}, {family.final_norm})")
+  norm = family.implied_fields.get("norm", "layer")
+  if config.norm != norm:
+    refuse(f"model.norm={config.norm!r} (it needs {norm!r})")
+  if config.num_outputs != config.vocab_size - family.input_only_tokens:
+    refuse(f"model.output_vocab_size={config.output_vocab_size} (its head predicts vocab_size "
+           f"- {family.input_only_tokens} = {config.vocab_size - family.input_only_tokens})")
+  if family.input_only_tokens and config.tie_embeddings:
+    refuse("model.tie_embeddings=True (its head is untied)")
   if family.mlp_dim_key is None and config.hidden_dim != 4 * config.d_model:
     refuse(f"model.mlp_dim={config.mlp_dim} (its MLP is 4 x d_model wide)")
   if config.activation not in family.export_activations:
@@ -343,14 +374,18 @@ def from_hf(state_dict: Mapping, hf_config, *, family: str | None = None,
 def to_hf(params, config: gpt.GPTConfig, *, family: str | None = None,
           **hf_config_overrides) -> tuple[dict, dict]:
   """(HF state dict, HF config dict) for genvis params. `family` defaults to the one the
-  config's norm position implies (post-LN: GPT-1); overrides are added to config.json."""
-  fam = FAMILIES[family or ("gpt1" if config.norm_position == "post" else "gpt2")]
+  config implies (RMS norm: ImageGPT; post-LN: GPT-1; else GPT-2); overrides are added to
+  config.json."""
+  if family is None:
+    family = ("imagegpt" if config.norm == "rms"
+              else "gpt1" if config.norm_position == "post" else "gpt2")
+  fam = FAMILIES[family]
   hf_config = {**to_hf_config(config, fam), **hf_config_overrides}
   return params_to_hf(params, config, fam), hf_config
 
 
 def load_hf_dir(directory: str, *, family: str | None = None, **overrides) -> tuple[dict, dict]:
-  """(GPTConfig fields, params) from a saved Hugging Face GPT-2 / GPT-1 folder."""
+  """(GPTConfig fields, params) from a saved Hugging Face GPT-2 / GPT-1 / ImageGPT folder."""
   state_dict, hf_config = hf_files.read_dir(directory)
   return from_hf(state_dict, hf_config, family=family, **overrides)
 
@@ -363,15 +398,6 @@ def save_hf_dir(params, config: gpt.GPTConfig, directory: str, *, family: str | 
 
 
 # ------------------------------------------------------------------------------ CLI
-def _parse_value(text: str):
-  """--set values: Python literals (8, 1e-4, True, (1, 2)), else the string itself."""
-  import ast  # pylint: disable=import-outside-toplevel
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
 def main(argv=None) -> int:
   from genvis.convert import lm_workdir  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(
@@ -393,14 +419,14 @@ def main(argv=None) -> int:
                       "model.scan_layers=True (model: only " + ", ".join(RUNTIME_FIELDS) + ")")
   args = parser.parse_args(argv)
   try:
-    overrides = {}
-    for item in args.set:
-      key, sep, value = item.partition("=")
-      if not sep:
-        raise UserError(f"--set {item!r}: expected KEY=VALUE")
-      overrides[key] = _parse_value(value)
+    overrides = config_lib.parse_overrides(args.set)
     model_overrides = {k.removeprefix("model."): overrides.pop(k)
                        for k in list(overrides) if k.startswith("model.")}
+    if family_of(hf_files.config_dict(args.hf_dir), args.family).name == "imagegpt":
+      # A pixel model's workdir needs its palette (the image processor's clusters) and an
+      # image config, which this language-model importer does not write.
+      raise UserError("ImageGPT checkpoints are not imported into a workdir by this command; "
+                      "use genvis.convert.hf_gpt.load_hf_dir in Python")
     tokenizer = args.tokenizer or os.path.join(args.hf_dir, "tokenizer.json")
     if tokenizer != "config" and not os.path.isfile(tokenizer):
       raise UserError(f"no tokenizer at {tokenizer}: pass --tokenizer=PATH to the checkpoint's "

@@ -6,6 +6,8 @@ batch (rows [p * B/P, (p + 1) * B/P) for process p of P); the trainer assembles 
 `jax.Array` from the per-process pieces.
 """
 
+import math
+
 import numpy as np
 
 from genvis.errors import UserError
@@ -46,3 +48,46 @@ class TokenWindows:
     windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])
     return {"inputs": windows[:, :-1].astype(np.int32),
             "targets": windows[:, 1:].astype(np.int32)}
+
+
+class ExampleOrder:
+  """Which examples of a finite dataset make up each global batch.
+
+  Training: example i of the global stream is entry i % N of a permutation seeded with
+  (seed, epoch = i // N), so every epoch sees each example once and batch s is a pure function
+  of (seed, s). Evaluation walks the examples in order, ceil(N / B) batches; the tail of the
+  last one is padded with example 0 at weight 0, so every example counts once and none twice.
+  """
+
+  def __init__(self, num_examples: int, global_batch: int, seed: int, name: str = "data"):
+    if num_examples == 0:
+      raise UserError(f"{name} has no examples")
+    self.num_examples = num_examples
+    self.global_batch = global_batch
+    self.seed = seed
+    self._permutations = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._permutations:
+      if len(self._permutations) > 4:  # a step touches at most a few epochs
+        self._permutations.clear()
+      rng = np.random.default_rng([self.seed, epoch])
+      self._permutations[epoch] = rng.permutation(self.num_examples)
+    return self._permutations[epoch]
+
+  def train_indices(self, step: int) -> np.ndarray:
+    """The example indices of global training batch `step`."""
+    positions = step * self.global_batch + np.arange(self.global_batch)
+    return np.array([self._permutation(p // self.num_examples)[p % self.num_examples]
+                     for p in positions], np.int64)
+
+  @property
+  def num_eval_batches(self) -> int:
+    return math.ceil(self.num_examples / self.global_batch)
+
+  def eval_indices(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(example indices, 1.0 for a real example / 0.0 for padding) of held-out batch
+    `index` of `num_eval_batches`: examples [index * B, (index + 1) * B)."""
+    positions = index * self.global_batch + np.arange(self.global_batch)
+    real = positions < self.num_examples
+    return np.where(real, positions, 0), real.astype(np.float32)

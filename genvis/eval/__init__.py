@@ -1,3 +1,3 @@
-"""Evaluation of trained models; so far in-context (zero/one/few-shot) evaluation of language
-models as in GPT-3: tasks (few_shot_tasks), prompts (prompts), scoring (scoring) and the
-runner `python -m genvis.eval.few_shot`."""
+"""Evaluation of trained models: in-context (zero/one/few-shot) evaluation of language models
+as in GPT-3 (few_shot_tasks, prompts, scoring and the runner `python -m genvis.eval.few_shot`),
+linear probes of image features (probe) and bits/dim baselines (bits_per_dim)."""

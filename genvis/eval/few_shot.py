@@ -49,9 +49,9 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
       continue
     prompts = prompts_lib.few_shot_prompts(task, k, seed, fmt)
     longest_prompt = max(len(_encode(tokenizer, p, task.name)) for p in prompts)
-    # Multiple choice feeds prompt + completion minus its last token; generation feeds the
-    # prompt and then one position per generated token.
-    needed = longest_prompt + longest_completion - (1 if multiple_choice else 0)
+    # Both feed the prompt and the completion minus its last token (scored or generated,
+    # never an input).
+    needed = longest_prompt + longest_completion - 1
     if needed > max_len:
       result["skipped"][str(k)] = f"prompts need {needed} tokens > model.max_len={max_len}"
       continue

@@ -117,7 +117,8 @@ def greedy_continuations(model, params, prompts: list[np.ndarray], *, max_new_to
     generate_lib.check_length(len(prompt), max_new_tokens, max_len)
   by_bucket = {}
   for i, prompt in enumerate(prompts):
-    padded = _bucket_length(len(prompt), bucket, max_len - max_new_tokens)
+    # The last new token is never fed back: prompt + max_new_tokens - 1 positions.
+    padded = _bucket_length(len(prompt), bucket, max_len - max_new_tokens + 1)
     by_bucket.setdefault(padded, []).append(i)
   outputs = [None] * len(prompts)
   for length, indices in by_bucket.items():

@@ -1,4 +1,4 @@
-"""GPT: a decoder-only transformer language model (GPT-1, GPT-2, the GPT-3 sizes).
+"""GPT: a decoder-only transformer (GPT-1, GPT-2, the GPT-3 sizes, ImageGPT).
 
 tokens -> token embedding + learned position embedding -> dropout -> N blocks (pre-LN as in
 GPT-2, or post-LN as in GPT-1) -> final LayerNorm (GPT-2/3) -> logits through the token
@@ -7,6 +7,11 @@ embedding (tied) or a separate head.
 `VARIANTS` names the published sizes; `config_for(name)` gives every field of one, which a
 config file may then override. CPU sizes "tiny" and "small" are nanoGPT's CPU and "baby GPT"
 Shakespeare settings; their vocabulary comes from the tokenizer (vocab_size=0).
+
+ImageGPT (Chen et al. 2020) is GPT-2 over pixel tokens with three differences, all config
+fields: a gain-only RMS norm (`norm="rms"`), the sigmoid GELU (`activation="quick_gelu"`)
+and an untied head, zero-initialised, that predicts only the palette's colours
+(`output_vocab_size`: the learned start-of-image token is an input, never a target).
 """
 
 import dataclasses
@@ -15,8 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genvis.errors import UserError
 from genvis.nn import partitioning as P
-from genvis.nn.transformer import TransformerConfig, TransformerStack, layer_norm
+from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -25,10 +31,35 @@ class GPTConfig(TransformerConfig):
   max_len: int = 1024  # context length (learned position embeddings)
   final_norm: bool = True  # GPT-1 (post-LN) has none
   tie_embeddings: bool = True
+  output_vocab_size: int = 0  # untied head's outputs; 0: vocab_size
+  zero_init_head: bool = False  # ImageGPT zero-initialises the projection to logits
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.output_vocab_size < 0:
+      raise UserError(f"config.model.output_vocab_size={self.output_vocab_size} must be >= 0 "
+                      "(0: vocab_size)")
+    if self.tie_embeddings and self.zero_init_head:
+      raise UserError("config.model.zero_init_head=True needs config.model.tie_embeddings="
+                      "False (a tied head is the token embedding)")
+    if self.tie_embeddings and self.output_vocab_size not in (0, self.vocab_size):
+      raise UserError(f"config.model.output_vocab_size={self.output_vocab_size} needs "
+                      f"config.model.tie_embeddings=False (a tied head has vocab_size="
+                      f"{self.vocab_size} outputs)")
+    if self.output_vocab_size > self.vocab_size:
+      raise UserError(f"config.model.output_vocab_size={self.output_vocab_size} > "
+                      f"vocab_size={self.vocab_size}")
+
+  @property
+  def num_outputs(self) -> int:
+    return self.output_vocab_size or self.vocab_size
 
 
 _GPT2 = dict(max_len=1024, vocab_size=50257)
 _GPT3 = dict(max_len=2048, vocab_size=50257)
+# ImageGPT: 512 palette colours + the start-of-image token in; the 512 colours out.
+_IGPT = dict(vocab_size=513, output_vocab_size=512, tie_embeddings=False, zero_init_head=True,
+             norm="rms", activation="quick_gelu")
 
 # layers, width, heads (and head width where heads * head_dim != width) from the papers.
 VARIANTS = {
@@ -53,6 +84,13 @@ VARIANTS = {
     "gpt3-6.7b": dict(num_layers=32, d_model=4096, num_heads=32, head_dim=128, **_GPT3),
     "gpt3-13b": dict(num_layers=40, d_model=5140, num_heads=40, head_dim=128, **_GPT3),
     "gpt3-175b": dict(num_layers=96, d_model=12288, num_heads=96, head_dim=128, **_GPT3),
+    # Chen et al. 2020, section 3.3 and table 1: 76M, 455M, 1362M and 6801M parameters. S, M
+    # and L read 32x32 images (1024 tokens), XL 64x64 (4096). The paper gives no head counts:
+    # S, M and L use those of OpenAI's released checkpoints (8, 8, 16), XL 24 (width 128).
+    "igpt-s": dict(num_layers=24, d_model=512, num_heads=8, max_len=1024, **_IGPT),
+    "igpt-m": dict(num_layers=36, d_model=1024, num_heads=8, max_len=1024, **_IGPT),
+    "igpt-l": dict(num_layers=48, d_model=1536, num_heads=16, max_len=1024, **_IGPT),
+    "igpt-xl": dict(num_layers=60, d_model=3072, num_heads=24, max_len=4096, **_IGPT),
 }
 
 
@@ -95,13 +133,14 @@ class GPT(nn.Module):
     x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
     x = TransformerStack(cfg, train, decode, name="blocks")(x)
     if cfg.final_norm:
-      x = layer_norm(cfg, "ln_f")(x)
+      x = norm_layer(cfg, "ln_f")(x)
     if cfg.tie_embeddings:
       logits = wte.attend(x)
     else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                        kernel_init=P.param_init(nn.initializers.normal(cfg.init_std),
-                                                 (P.EMBED, P.VOCAB)),
+      head_init = (nn.initializers.zeros if cfg.zero_init_head
+                   else nn.initializers.normal(cfg.init_std))
+      logits = nn.Dense(cfg.num_outputs, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                        kernel_init=P.param_init(head_init, (P.EMBED, P.VOCAB)),
                         name="head")(x)
     logits = P.constrain(logits.astype(jnp.float32), (P.BATCH, P.LENGTH, P.VOCAB))
     return (logits, x) if return_hidden else logits
@@ -140,6 +179,16 @@ def abstract_params(config: GPTConfig):
   tokens = jax.ShapeDtypeStruct((1, min(8, config.max_len)), jnp.int32)
   variables = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)
   return nn.meta.unbox(variables["params"])
+
+
+def layer_outputs(model: GPT, params, tokens) -> jax.Array:
+  """The residual stream after each block, [num_layers, B, T, D] (what probes read)."""
+  _, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
+  blocks = state["intermediates"]["blocks"]
+  if model.config.scan_layers:
+    return blocks["layers"]["output"][0]
+  return jnp.stack([blocks[f"layer_{i}"]["output"][0]
+                    for i in range(model.config.num_layers)])
 
 
 def count_params(params) -> int:

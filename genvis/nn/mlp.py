@@ -3,7 +3,8 @@
 GPT-1 and GPT-2 were trained with the tanh approximation of GELU (Hugging Face's "gelu_new",
 and what its OpenAIGPT `afn="gelu"` computes); other checkpoints use the exact erf form. The
 two differ by up to ~1e-3 per unit, which is visible in logits, so the choice is a config
-field (`activation`) rather than a constant.
+field (`activation`) rather than a constant. ImageGPT used the sigmoid approximation
+x * sigmoid(1.702 x) (Hugging Face's "quick_gelu").
 """
 
 import functools
@@ -17,6 +18,7 @@ from genvis.nn.dense import DenseND
 ACTIVATIONS = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
 }
 
 

@@ -37,7 +37,9 @@ class TransformerConfig:
   num_heads: int
   head_dim: int = 0  # 0: d_model // num_heads (GPT-3 13B has heads * head_dim != d_model)
   mlp_dim: int = 0  # 0: 4 * d_model
-  activation: str = "gelu_tanh"  # MLP non-linearity: "gelu_tanh" (GPT-1/2) or "gelu" (erf)
+  activation: str = "gelu_tanh"  # MLP non-linearity: "gelu_tanh" (GPT-1/2), "gelu" (erf),
+                                 # "quick_gelu" (ImageGPT)
+  norm: str = "layer"  # "layer" (LayerNorm) or "rms" (ImageGPT's gain-only norm: x/rms(x)*g)
   dropout: float = 0.0  # on embeddings and residual branches
   attention_dropout: float = 0.0  # on attention weights
   norm_position: str = "pre"  # "pre" (GPT-2) or "post" (GPT-1)
@@ -56,7 +58,8 @@ class TransformerConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    choices = {"norm_position": ("pre", "post"), "remat": ("none", *REMAT_POLICIES),
+    choices = {"norm_position": ("pre", "post"), "norm": ("layer", "rms"),
+               "remat": ("none", *REMAT_POLICIES),
                "attention_impl": ("", "xla", "cudnn"), "activation": tuple(ACTIVATIONS)}
     for key, allowed in choices.items():
       if getattr(self, key) not in allowed:
@@ -103,7 +106,17 @@ class TransformerConfig:
     return self.init_std / math.sqrt(2 * self.num_layers)
 
 
-def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+def norm_layer(config: TransformerConfig, name: str) -> nn.Module:
+  """The config's normalisation layer. ImageGPT's "rms" divides by the root mean square
+  without centring and has a gain but no bias, whatever `use_bias` says."""
+  if config.norm == "rms":
+    return nn.RMSNorm(
+        epsilon=config.layer_norm_epsilon,
+        dtype=P.dtype(config.dtype),
+        param_dtype=P.dtype(config.param_dtype),
+        scale_init=P.param_init(nn.initializers.ones, (P.EMBED,)),
+        name=name,
+    )
   return nn.LayerNorm(
       epsilon=config.layer_norm_epsilon,
       use_bias=config.use_bias,
@@ -147,12 +160,15 @@ class Block(nn.Module):
               cfg.param_dtype, cfg.activation, name="mlp")
     dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
     if cfg.norm_position == "pre":
-      x = x + dropout(attention(layer_norm(cfg, "ln_1")(x), window))
-      x = x + dropout(mlp(layer_norm(cfg, "ln_2")(x)))
+      x = x + dropout(attention(norm_layer(cfg, "ln_1")(x), window))
+      x = x + dropout(mlp(norm_layer(cfg, "ln_2")(x)))
     else:
-      x = layer_norm(cfg, "ln_1")(x + dropout(attention(x, window)))
-      x = layer_norm(cfg, "ln_2")(x + dropout(mlp(x)))
-    return P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED)), None
+      x = norm_layer(cfg, "ln_1")(x + dropout(attention(x, window)))
+      x = norm_layer(cfg, "ln_2")(x + dropout(mlp(x)))
+    x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
+    # Probes read every layer's output; sowing is free unless "intermediates" is mutable.
+    self.sow("intermediates", "output", x)
+    return x, None
 
 
 class TransformerStack(nn.Module):
@@ -172,7 +188,7 @@ class TransformerStack(nn.Module):
     if cfg.scan_layers:
       scanned = nn.scan(
           block,
-          variable_axes={"params": 0, "cache": 0},
+          variable_axes={"params": 0, "cache": 0, "intermediates": 0},
           split_rngs={"params": True, "dropout": True},
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: P.LAYERS},

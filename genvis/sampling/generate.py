@@ -25,15 +25,23 @@ from genvis.errors import UserError
 
 
 def check_length(prompt_len: int, max_new_tokens: int, max_len: int):
-  """Prompt plus generated tokens must fit the model's context."""
+  """Prompt plus generated tokens, less the last one (sampled, never fed back), must fit the
+  model's context."""
   if max_new_tokens < 1:
     raise UserError(f"sample.max_new_tokens={max_new_tokens}: generate at least one token")
   if prompt_len > max_len:
     raise UserError(f"the prompt has {prompt_len} tokens, longer than the model's context "
                     f"(model.max_len={max_len})")
-  if prompt_len + max_new_tokens > max_len:
+  if prompt_len + max_new_tokens - 1 > max_len:
     raise UserError(f"a prompt of {prompt_len} tokens + sample.max_new_tokens="
-                    f"{max_new_tokens} exceeds the model's context (model.max_len={max_len})")
+                    f"{max_new_tokens} exceeds the model's context (model.max_len={max_len}; "
+                    "the model reads every token but the last)")
+
+
+def check_top_p(top_p: float):
+  if not 0.0 < top_p <= 1.0:
+    raise UserError(f"sample.top_p={top_p} must be in (0, 1] (1 switches nucleus sampling "
+                    "off)")
 
 
 def filter_logits(logits, temperature, top_k, top_p):
@@ -130,8 +138,10 @@ def generate(model, params, prompt, rng, *, max_new_tokens: int, temperature=1.0
 
   # Prefill all rows to the padded length, then move each row back to its own end: the
   # padding's cache slots are overwritten by that row's new tokens and never attended to.
+  # The last new token is sampled but never fed back: the cache needs one slot fewer than
+  # the output, so a model can fill its whole context (ImageGPT: start token + every pixel).
   first_chunk_end = min(cache_chunk, max_new_tokens)
-  logits, cache = forward(init_cache(model, batch, prompt_len + first_chunk_end), prompt)
+  logits, cache = forward(init_cache(model, batch, prompt_len + first_chunk_end - 1), prompt)
   cache = _set_positions(cache, lengths)
   last_logits = logits[rows, lengths - 1]
   position_in_row = jnp.arange(total)[None, :]
@@ -159,7 +169,7 @@ def generate(model, params, prompt, rng, *, max_new_tokens: int, temperature=1.0
   carry = (1, tokens, done, cache, rng)
   for chunk_end in range(first_chunk_end, max_new_tokens + cache_chunk, cache_chunk):
     chunk_end = min(chunk_end, max_new_tokens)
-    carry = (*carry[:3], _grow_cache(carry[3], prompt_len + chunk_end), carry[4])
+    carry = (*carry[:3], _grow_cache(carry[3], prompt_len + chunk_end - 1), carry[4])
     carry = jax.lax.while_loop(
         lambda c, end=chunk_end: (c[0] < end) & ~jnp.all(c[2]), step, carry)
     if chunk_end == max_new_tokens:

@@ -53,13 +53,12 @@ def complete(model, params, tokenizer, prompt_ids: list[np.ndarray], rng, *, max
              ) -> list[str]:
   """The decoded continuation of each prompt (prompt excluded), cut at `stop`.
 
-  max_new_tokens=0 fills the context after the longest prompt.
+  max_new_tokens=0 fills the context after the longest prompt (and samples one more token
+  from the last position).
   """
-  if not 0.0 < top_p <= 1.0:
-    raise UserError(f"sample.top_p={top_p} must be in (0, 1] (1 switches nucleus sampling "
-                    "off)")
+  generate.check_top_p(top_p)
   padded, lengths = pad_prompts(prompt_ids)
-  max_new_tokens = max_new_tokens or max_len - padded.shape[1]
+  max_new_tokens = max_new_tokens or max_len - padded.shape[1] + 1
   generate.check_length(padded.shape[1], max_new_tokens, max_len)
   stop_ids = tokenizer.encode(stop) if stop else []
   tokens = generate.generate(

@@ -10,6 +10,7 @@ from genvis.errors import UserError
 _TASKS = {
     "lm": "genvis.tasks.lm:LanguageModelTask",
     "sft": "genvis.tasks.sft:SupervisedFineTuningTask",
+    "igpt": "genvis.tasks.igpt:ImageGPTTask",
 }
 
 

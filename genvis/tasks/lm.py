@@ -105,4 +105,8 @@ def resolve_model_config(config, tokenizer) -> gpt.GPTConfig:
   elif config.model.vocab_size < vocab:
     raise UserError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
                     f"the tokenizer's vocabulary ({vocab})")
+  if 0 < config.model.output_vocab_size < vocab:
+    raise UserError(f"config.model.output_vocab_size={config.model.output_vocab_size} is "
+                    f"smaller than the tokenizer's vocabulary ({vocab}): some targets would "
+                    "have no logit")
   return gpt.GPTConfig(**config.model.to_dict())

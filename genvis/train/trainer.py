@@ -27,6 +27,7 @@ import tqdm
 
 from genvis import config_lib
 from genvis.errors import UserError
+from genvis.sampling import image_grid
 from genvis.tasks import build_task
 from genvis.train import mesh as mesh_lib
 from genvis.train import mfu as mfu_lib
@@ -118,7 +119,9 @@ class Trainer:
     dropout, remat and compute dtype may change between runs). With `same_task=False`
     (init_from: another task's run) only the model and the facts both tasks record count."""
     current = self.task.metadata()
-    runtime_only = {"dropout", "attention_dropout", "remat", "dtype", "attention_impl"}
+    # Fields that change how a model runs or starts, not what its parameters compute.
+    runtime_only = {"dropout", "attention_dropout", "remat", "dtype", "attention_impl",
+                    "init_std", "zero_init_head"}
     model = current.get("model", {})
     defaults = {k: v for k, v in self.task.model_field_defaults().items() if k in model}
     saved_model = {**defaults, **saved.get("model", {})}  # older checkpoints lack new fields
@@ -246,6 +249,13 @@ class Trainer:
       path = os.path.join(self.workdir, f"samples_step{step}.txt")
       with open(path, "w", encoding="utf-8") as f:
         f.write("\n\n---\n\n".join(samples["texts"]))
+    # Pictures (uint8 [H, W, C] grids) become <name>_step<step>.png next to the checkpoints.
+    samples["image_files"] = []
+    for name, picture in samples.get("images", {}).items():
+      path = os.path.join(self.workdir, f"{name}_step{step}.png")
+      if self.is_primary:
+        image_grid.save_png(path, picture)
+      samples["image_files"].append(path)
     return samples
 
   # ----------------------------------------------------------------------------- loop
@@ -364,6 +374,8 @@ class Trainer:
     write = progress.write if progress is not None else print
     for i, text in enumerate(samples.get("texts", [])):
       write(f"--- sample {i} ---\n{text}")
+    for path in samples.get("image_files", []):
+      write(f"wrote {path}")
 
 
 def _merge_trees(base: dict, update: dict) -> dict:

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -30,3 +32,17 @@ def test_decode_smoke_compares_cached_recompute_and_hf():
   assert {"cached_tok_per_s", "recompute_tok_per_s", "hf_tok_per_s"} <= set(result)
   # Same weights, greedy: the three decoders agree on every token at this size.
   assert result["agreement_recompute"] == 1.0 and result["agreement_hf"] == 1.0
+
+
+def test_igpt_digits_smoke_reports_bits_per_dim_and_probes(tmp_path):
+  tiny = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2", "sample.num_samples=2",
+          "train.progress_bar=False", "eval.every=0"]
+  result = run_bench("igpt_digits.py", "--steps", "4", "--seeds", "2",
+                     "--workdir", str(tmp_path), *[f"--set={s}" for s in tiny])
+  assert result["unigram_bits_per_dim"] == pytest.approx(2.98, abs=0.01)
+  assert result["baseline_bits_per_dim"] < result["unigram_bits_per_dim"]
+  assert 0 < result["test_bits_per_dim"] < 5
+  assert set(result["probe_fewshot"]) == set(result["raw_pixel_fewshot"]) == {"1", "5", "10"}
+  assert len(result["probe_by_layer"]) == 1
+  assert {"probe_by_layer.png", "completions_step4.png", "samples_step4.png"} <= set(
+      result["pngs"])

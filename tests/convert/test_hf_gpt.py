@@ -1,6 +1,6 @@
-"""Hugging Face GPT-2 / GPT-1 import and export: logits parity with transformers' PyTorch
-models built from small configs (nothing is downloaded), exact round trips, one-line errors,
-and the CLI that turns a saved HF directory into a genvis workdir."""
+"""Hugging Face GPT-2 / GPT-1 / ImageGPT import and export: logits parity with transformers'
+PyTorch models built from small configs (nothing is downloaded), exact round trips, one-line
+errors, and the CLI that turns a saved HF directory into a genvis workdir."""
 
 import dataclasses
 import shlex
@@ -29,6 +29,7 @@ TOKENS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 20)).astype(np.int
 HF_CLASSES = {
     "gpt2": ("GPT2LMHeadModel", "GPT2Config"),
     "gpt1": ("OpenAIGPTLMHeadModel", "OpenAIGPTConfig"),
+    "imagegpt": ("ImageGPTForCausalImageModeling", "ImageGPTConfig"),
 }
 
 
@@ -84,7 +85,12 @@ def gpt1():
   return imported_twin(hf_model("gpt1"))
 
 
-@pytest.fixture(params=["gpt2", "gpt1"])
+@pytest.fixture(scope="module")
+def imagegpt():
+  return imported_twin(hf_model("imagegpt"))
+
+
+@pytest.fixture(params=["gpt2", "gpt1", "imagegpt"])
 def twin(request):
   return request.getfixturevalue(request.param)
 
@@ -106,6 +112,19 @@ def test_imported_config_follows_the_family(gpt2, gpt1):
   # Exactly the tree, shapes and dtypes that GPT(config).init produces.
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert shapes(gpt2.params) == shapes(gpt.abstract_params(gpt2.config))
+
+
+def test_imagegpt_imports_as_gain_only_norm_sigmoid_gelu_and_a_head_without_start_token(
+    imagegpt):
+  config = imagegpt.config
+  assert (config.norm, config.activation, config.tie_embeddings) == ("rms", "quick_gelu", False)
+  # The last input id is ImageGPT's start-of-image token, which the head never predicts.
+  assert (config.vocab_size, config.num_outputs) == (VOCAB, VOCAB - 1)
+  assert imagegpt.reference.shape[-1] == VOCAB - 1
+  assert "bias" not in imagegpt.params["blocks"]["layer_0"]["ln_1"]
+  # LayerNorm in place of the gain-only RMS norm changes the logits.
+  layer_norm = dataclasses.replace(config, norm="layer", use_bias=False)
+  assert max_diff(imagegpt.logits(imagegpt.params, layer_norm), imagegpt.reference) > TOLERANCE
 
 
 def test_a_perturbed_weight_breaks_parity(twin):
@@ -163,14 +182,18 @@ EXPORTS = {
     "gpt2": ("gpt2", {}),
     "gpt1-scanned": ("gpt1", {"scan_layers": True}),
     "gpt2-no-bias-untied": ("gpt2", {"use_bias": False, "tie_embeddings": False}),
+    "imagegpt-scanned": ("imagegpt", {"scan_layers": True}),
 }
+GENVIS_VARIANTS = {"gpt2": "gpt2", "gpt1": "gpt1", "imagegpt": "igpt-s"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
 def test_export_loads_in_transformers_and_imports_back_exactly(name, tmp_path):
   family, extra = EXPORTS[name]
-  config = gpt.GPTConfig(**gpt.config_for(family, vocab_size=VOCAB, max_len=32, num_layers=2,
-                                          d_model=32, num_heads=4, **extra))
+  if family == "imagegpt":
+    extra = {**extra, "output_vocab_size": VOCAB - 1}
+  config = gpt.GPTConfig(**gpt.config_for(GENVIS_VARIANTS[family], vocab_size=VOCAB, max_len=32,
+                                          num_layers=2, d_model=32, num_heads=4, **extra))
   params = genvis_params(config)
   hf_gpt.save_hf_dir(params, config, str(tmp_path))
   model = hf_class(family).from_pretrained(str(tmp_path)).eval()
@@ -266,9 +289,8 @@ def test_cli_writes_a_workdir_that_restores_samples_and_matches_hugging_face(
   # The printed `genvis.main --mode=sample` command rebuilds the workdir's config and samples.
   command = shlex.split(result.stdout.strip().splitlines()[-1])
   spec = next(a for a in command if a.startswith("--config=")).partition("=")[2]
-  flags = (a.partition("=") for a in command if a.startswith("--config."))
-  parse = hf_gpt._parse_value  # pylint: disable=protected-access
-  overrides = {k.removeprefix("--config."): parse(v) for k, _, v in flags}
+  overrides = config_lib.parse_overrides(
+      a.removeprefix("--config.") for a in command if a.startswith("--config."))
   config = config_lib.load_config(spec, overrides)
   assert config.model.to_dict() == trainer.config.model.to_dict()
   assert genvis_main.run(config, workdir, "sample") == {"step": 0}
@@ -281,6 +303,20 @@ def test_cli_without_a_tokenizer_is_one_line(gpt2, tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert code == 2 and "\n" not in err and "--tokenizer" in err
   assert not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_imagegpt_which_needs_a_palette_not_a_tokenizer(imagegpt, tmp_path,
+                                                                    capsys):
+  imagegpt.model.save_pretrained(tmp_path / "hf")
+  capsys.readouterr()
+  code = hf_gpt.main([f"--hf_dir={tmp_path / 'hf'}", f"--workdir={tmp_path / 'w'}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and "\n" not in err and "load_hf_dir" in err
+  # Without tie_word_embeddings in config.json, ImageGPT's untied head is still assumed.
+  config = imagegpt.model.config.to_dict()
+  del config["tie_word_embeddings"]
+  fields, _ = hf_gpt.from_hf(imagegpt.model.state_dict(), config)
+  assert not fields["tie_embeddings"]
 
 
 def test_cli_refuses_an_existing_run(hf_dir_with_tokenizer, tmp_path, capsys):

@@ -203,7 +203,8 @@ def test_bucketed_greedy_equals_recomputing_each_prompt_alone(tiny_gpt):
   each prompt's whole prefix without a cache at every step."""
   model, params = tiny_gpt
   rng = np.random.default_rng(1)
-  prompts_ids = [rng.integers(0, 11, size=n) for n in (2, 7, 13)]
+  # 36 + 5 new tokens fill the 40 positions exactly (the last new token is never an input).
+  prompts_ids = [rng.integers(0, 11, size=n) for n in (2, 7, 13, 36)]
   got = scoring.greedy_continuations(model, params, prompts_ids, max_new_tokens=5, max_len=40,
                                      batch_size=4, bucket=16)
   forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from genvis.errors import UserError
 from genvis.models import gpt
 
 SMALL = dict(vocab_size=37, num_layers=2, d_model=32, num_heads=4, max_len=16)
@@ -80,6 +81,67 @@ def test_parameter_count_matches_gpt3_paper(variant):
   count = gpt.count_params(gpt.abstract_params(config))
   # The paper rounds to two or three significant figures: within 2 %.
   assert abs(count - GPT3_COUNTS[variant]) / GPT3_COUNTS[variant] < 0.02
+
+
+# Chen et al. 2020 (ImageGPT), table 1 and section 3.3, in millions: S and M are printed as
+# 76M and 455M, L and XL as 1362M and 6801M.
+IGPT_COUNTS = {"igpt-s": 76e6, "igpt-m": 455e6, "igpt-l": 1362e6, "igpt-xl": 6801e6}
+
+
+@pytest.mark.parametrize("variant", sorted(IGPT_COUNTS))
+def test_parameter_count_matches_imagegpt_paper(variant):
+  config = gpt.GPTConfig(**gpt.config_for(variant))
+  count = gpt.count_params(gpt.abstract_params(config))
+  # Within 1 %: S is 76.68M here and in Hugging Face's ImageGPT (test below), printed as 76M
+  # (truncated, 0.9 % low); XL is 6812.5M with 4096 positions for 64x64 images, 0.17 % above
+  # the paper's 6801M, whose head count and exact context the paper does not print.
+  assert abs(count - IGPT_COUNTS[variant]) / IGPT_COUNTS[variant] < 0.01
+
+
+@pytest.mark.parametrize("variant", ["igpt-s", "igpt-m", "igpt-l"])
+def test_imagegpt_parameter_count_matches_hugging_face(variant):
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  config = gpt.GPTConfig(**gpt.config_for(variant))
+  hf_config = transformers.ImageGPTConfig(
+      vocab_size=config.vocab_size, n_positions=config.max_len, n_embd=config.d_model,
+      n_layer=config.num_layers, n_head=config.num_heads)
+  with torch.device("meta"):  # shapes only, no memory
+    model = transformers.ImageGPTForCausalImageModeling(hf_config)
+  assert gpt.count_params(gpt.abstract_params(config)) == sum(
+      p.numel() for p in model.parameters())
+
+
+def test_imagegpt_head_starts_at_zero_and_skips_the_start_token():
+  model, params = make(vocab_size=9, output_vocab_size=8, tie_embeddings=False,
+                       zero_init_head=True, norm="rms", activation="quick_gelu")
+  assert not np.any(params["head"]["kernel"])
+  assert set(params["blocks"]["layer_0"]["ln_1"]) == {"scale"}  # gain only
+  logits = apply(model, params, jnp.full((2, 5), 8, jnp.int32))
+  chex.assert_shape(logits, (2, 5, 8))
+  np.testing.assert_array_equal(logits, 0.0)  # uniform over the palette at initialisation
+
+
+def test_output_vocab_size_needs_an_untied_head():
+  with pytest.raises(UserError, match="output_vocab_size=8 needs config.model.tie_embeddings"):
+    gpt.GPTConfig(**gpt.config_for("tiny", **{**SMALL, "output_vocab_size": 8}))
+
+
+def test_layer_outputs_are_each_blocks_output_looped_or_scanned(small_model):
+  model, params = small_model
+  tokens = jnp.arange(20).reshape(2, 10) % 37
+  layers = jax.jit(lambda p, t: gpt.layer_outputs(model, p, t))(params, tokens)
+  chex.assert_shape(layers, (2, 2, 10, 32))
+  # The last block's output, through the final norm and the tied head, gives the logits.
+  ln_f = nn.LayerNorm(epsilon=model.config.layer_norm_epsilon, use_bias=False)
+  logits = ln_f.apply({"params": params["ln_f"]}, layers[-1]) @ params["wte"]["embedding"].T
+  np.testing.assert_allclose(logits, apply(model, params, tokens), rtol=1e-4, atol=1e-4)
+  assert np.abs(layers[0] - layers[1]).max() > 1e-3
+  scanned_model, _ = make(scan_layers=True)
+  stacked = {**params, "blocks": {"layers": jax.tree.map(
+      lambda *x: jnp.stack(x), *[params["blocks"][f"layer_{i}"] for i in range(2)])}}
+  np.testing.assert_allclose(gpt.layer_outputs(scanned_model, stacked, tokens), layers,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_gpt3_13b_has_heads_times_head_dim_unequal_to_width():

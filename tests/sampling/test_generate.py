@@ -35,7 +35,8 @@ def recompute_greedy(model, params, prompt, steps):
   tokens = np.zeros((batch, prompt_len + steps), np.int32)
   tokens[:, :prompt_len] = prompt
   for t in range(prompt_len, prompt_len + steps):
-    tokens[:, t] = np.argmax(forward(tokens)[:, t - 1], axis=-1)
+    # The last token is never an input: the model sees at most prompt_len + steps - 1.
+    tokens[:, t] = np.argmax(forward(tokens[:, :-1])[:, t - 1], axis=-1)
   return tokens
 
 
@@ -48,6 +49,20 @@ def test_cached_greedy_equals_recomputing_the_prefix(model_and_params, cache_chu
   np.testing.assert_array_equal(cached, recompute_greedy(model, params, prompt, MAX_NEW))
   # Not a degenerate check: greedy continuations are not all one repeated token.
   assert len(np.unique(np.asarray(cached[:, 5:]))) > 1
+
+
+def test_generation_fills_the_whole_context_plus_the_final_token(model_and_params):
+  # max_len=24: 5 prompt tokens + 20 new = 25 tokens, of which the model reads 24. ImageGPT
+  # needs exactly this: a start token and every pixel, in a context of one per pixel.
+  model, params = model_and_params
+  prompt = jnp.asarray(np.random.default_rng(2).integers(0, 29, size=(2, 5)), jnp.int32)
+  new = model.config.max_len + 1 - 5
+  generate.check_length(5, new, model.config.max_len)
+  cached = generate.generate(model, params, prompt, jax.random.key(0), max_new_tokens=new,
+                             temperature=0.0, cache_chunk=7)
+  np.testing.assert_array_equal(cached, recompute_greedy(model, params, prompt, new))
+  with pytest.raises(UserError, match="exceeds"):
+    generate.check_length(5, new + 1, model.config.max_len)
 
 
 def test_prompts_of_different_lengths_continue_like_each_prompt_alone(model_and_params):

@@ -54,8 +54,9 @@ def test_complete_batches_prompts_of_different_lengths_and_stops():
   assert len(stopped[0]) <= 2 < len(free[0])
   with pytest.raises(UserError, match="exceeds the model's context"):
     text.complete(model, params, tokenizer, prompts, jax.random.key(0), max_len=20,
-                  max_new_tokens=14)
-  # max_new_tokens=0 fills the context after the longest prompt.
+                  max_new_tokens=15)
+  # max_new_tokens=0 fills the context after the longest prompt, plus the one token sampled
+  # from the last position.
   filled = text.complete(model, params, tokenizer, prompts, jax.random.key(0), max_len=20)
-  assert len(filled[1]) == 20 - 7
-  assert np.all([len(c) == 13 for c in filled])
+  assert len(filled[1]) == 20 - 7 + 1
+  assert np.all([len(c) == 14 for c in filled])

@@ -1,0 +1,93 @@
+"""ImageGPT: generative pre-training on pixel tokens (Chen et al. 2020).
+
+  python -m genvis.main --config=configs/igpt.py:data=digits --workdir=runs/igpt_digits
+
+Variants (comma-separated key=value after the colon):
+  data = digits (embedded, 8x8, its 17 native grey levels), scenes (procedural RGB scenes at
+         16x16, 16-colour k-means palette), mnist | fashion_mnist (tfds, 28x28, 16 grey
+         levels), cifar10 | celeb_a | imagenet (tfds at 32x32 with ImageGPT's 512-colour
+         k-means palette; imagenet2012 is built from a manual dir), folder (set
+         --config.data.folder; 32x32, 512 colours). tfds datasets must be prepared in
+         --config.data.tfds_data_dir (nothing downloads).
+  size = cpu (ImageGPT's options at 128 wide, with each embedded dataset's CPU recipe below),
+         igpt-s, igpt-m, igpt-l, igpt-xl (the paper's sizes; a GPU or TPU host).
+
+Reference runs (2-core CPU):
+- `data=digits` (default): 3,000 steps in ~10 minutes; test bits/dim ~1.1 against 2.98 for a
+  unigram and ~2.0 for a per-pixel categorical model (experiments/bench/igpt_digits.py, which
+  also runs the linear probes).
+- `data=scenes`: 16x16 scenes, see experiments/README or the closing note of issue 4.
+"""
+
+from genvis import config_lib
+from genvis.data.image_sources import image_data_defaults
+from genvis.models import gpt
+
+# size=cpu: ImageGPT's options at a width that trains in minutes on a 2-core CPU, with a
+# recipe per embedded dataset (other data starts from the digits recipe).
+_CPU_MODEL = dict(num_layers=6, d_model=128, num_heads=4, dropout=0.1)
+_CPU_RECIPES = {
+    "digits": {"data.batch_size": 32, "train.steps": 3000, "model.dropout": 0.2},
+    # 256 tokens per 16x16 scene: shallower, fewer steps.
+    "scenes": {"data.batch_size": 32, "train.steps": 1000, "model.num_layers": 4},
+}
+
+# data variant -> config.data changes (on top of image_data_defaults()).
+_DATA = {
+    "digits": dict(source="digits", palette="grey", palette_size=17),
+    "scenes": dict(source="scenes", resolution=16, palette="kmeans", palette_size=16),
+    "mnist": dict(source="tfds", tfds_name="mnist", palette="grey", palette_size=16),
+    "fashion_mnist": dict(source="tfds", tfds_name="fashion_mnist", palette="grey",
+                          palette_size=16),
+    "cifar10": dict(source="tfds", tfds_name="cifar10", resolution=32),
+    "celeb_a": dict(source="tfds", tfds_name="celeb_a", resolution=32,
+                    tfds_test_split="validation"),
+    "imagenet": dict(source="tfds", tfds_name="imagenet2012", resolution=32,
+                     tfds_test_split="validation"),
+    "folder": dict(source="folder", resolution=32),
+}
+
+
+def get_config(arg=None):
+  variant = config_lib.parse_variant(arg, {"data": "digits", "size": "cpu"})
+  c = config_lib.base_config()
+  c.task = "igpt"
+  size = variant["size"]
+  if size == "cpu":
+    c.model = gpt.config_for("igpt-s", **_CPU_MODEL)
+  elif size.startswith("igpt-") and size in gpt.VARIANTS:
+    c.model = gpt.config_for(size)
+  else:
+    raise ValueError(f"config variant size={size!r}: expected cpu or one of "
+                     f"{', '.join(v for v in gpt.VARIANTS if v.startswith('igpt-'))}")
+  # Filled in from the data: colours + start token in, colours out, one position per pixel.
+  c.model.update(vocab_size=0, output_vocab_size=0, max_len=0)
+
+  if variant["data"] not in _DATA:
+    raise ValueError(f"config variant data={variant['data']!r}: expected one of "
+                     f"{', '.join(_DATA)}")
+  c.data = image_data_defaults()
+  c.data.update(
+      batch_size=64,
+      palette="kmeans",  # grey (evenly spaced levels) | kmeans (clusters of training pixels)
+      palette_size=512,  # colours (ImageGPT: 512, 9 bits); grey: levels
+      palette_fit_pixels=1_000_000,  # k-means on at most this many training pixels; 0: all
+      palette_iters=20,
+  )
+  c.data.update(_DATA[variant["data"]])
+
+  c.train.log_every = 100
+  c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=200, b2=0.99, weight_decay=0.1)
+  if size == "cpu":
+    for key, value in _CPU_RECIPES.get(variant["data"], _CPU_RECIPES["digits"]).items():
+      section, field = key.split(".")
+      c[section][field] = value
+  else:  # the paper's sizes: batch 128, lr 3e-4 after a long warm-up
+    c.data.batch_size = 128
+    c.train.steps = 500_000
+    c.optim.update(lr=3e-4, min_lr=0.0, warmup_steps=5000, b2=0.95)
+  c.eval.update(every=500, num_batches=-1)  # -1: the whole test split
+  c.checkpoint.every = 1000
+  c.sample.update(every=0, num_samples=8, temperature=1.0)
+  c.sample.completions = 4  # completions per test image, given its top half
+  return c
