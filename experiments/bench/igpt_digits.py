@@ -1,6 +1,11 @@
 """ImageGPT on the embedded digits: train, bits/dim against count baselines, linear probes.
 
   python experiments/bench/igpt_digits.py [--steps N] [--workdir DIR] [--set KEY=VALUE ...]
+  python experiments/bench/igpt_digits.py --data scenes   # the same on 16x16 scenes
+
+With --data scenes the model is `configs/igpt.py:data=scenes` (16-colour k-means palette,
+bits/dim per RGB dimension) and the probes classify the first object's shape. A --workdir
+holding a finished run of the same config is evaluated without training again.
 
 1. Trains `configs/igpt.py:data=digits` (8x8 digits, their 17 native grey levels as tokens,
    raster order after a start token) with the generic trainer, which also writes
@@ -62,6 +67,7 @@ def few_shot_means(entry: dict) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data", default="digits", choices=("digits", "scenes"))
   parser.add_argument("--steps", type=int, default=0, help="0: the config's train.steps")
   parser.add_argument("--workdir", default="", help="default: a new temporary directory")
   parser.add_argument("--seeds", type=int, default=10, help="few-shot draws per shot count")
@@ -72,8 +78,9 @@ def main():
   overrides = {"mesh.shape": (1, 1, 1), **config_lib.parse_overrides(args.set)}
   if args.steps:
     overrides["train.steps"] = args.steps
-  config = config_lib.load_config(os.path.join(REPO, "configs/igpt.py:data=digits"), overrides)
-  workdir = args.workdir or tempfile.mkdtemp(prefix="igpt_digits_")
+  config = config_lib.load_config(os.path.join(REPO, f"configs/igpt.py:data={args.data}"),
+                                  overrides)
+  workdir = args.workdir or tempfile.mkdtemp(prefix=f"igpt_{args.data}_")
   start = time.perf_counter()
   summary = Trainer(config, workdir).train()
   train_s = time.perf_counter() - start
@@ -96,15 +103,18 @@ def main():
   probe_s = time.perf_counter() - start
   best = select_layer(train_x, train_y, args.seeds)
   plot_path = os.path.join(workdir, "probe_by_layer.png")
-  probe.plot_probe_by_layer(by_layer, plot_path, baseline=raw)
+  probe.plot_probe_by_layer(by_layer, plot_path, baseline=raw, baseline_name="raw pixels")
   print(probe.format_probe_results(by_layer, baseline=raw))
 
   layers = by_layer["layers"]
   result = {
+      "data": args.data,
       "test_bits_per_dim": round(summary["val_bits_per_dim"], 4),
+      "test_bits_per_pixel": round(summary["val_bits_per_pixel"], 4),
       "bits_per_dim_curve": curve(workdir),
       "baseline_bits_per_dim": round(baselines["per_pixel"]["bits_per_dim"], 4),
       "unigram_bits_per_dim": round(baselines["unigram"]["bits_per_dim"], 4),
+      "palette_colors": task.num_colors,
       "probe_by_layer": [{"layer": i + 1, "full": round(entry["full"], 4),
                           "fewshot": few_shot_means(entry)} for i, entry in enumerate(layers)],
       "best_layer": best + 1,
@@ -116,7 +126,7 @@ def main():
       "raw_pixel_fewshot": few_shot_means(raw),
       "raw_pixel_fewshot_std": {str(k): round(v["std"], 4) for k, v in raw["few_shot"].items()},
       "steps": summary["step"],
-      "params": summary["params"],
+      "params": trainer.num_params,
       "train_s": round(train_s, 1),
       "probe_s": round(probe_s, 1),
       "workdir": workdir,
