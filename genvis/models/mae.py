@@ -232,7 +232,7 @@ class MAE(nn.Module):
     kept, mask, ids_restore = random_masking(tokens, cfg.mask_ratio, noise)
     if cfg.encoder_mask_tokens:
       # "w/ [M]": masked patches become the mask token plus their own position.
-      positions = self.vit._positions()[-cfg.num_patches:]  # pylint: disable=protected-access
+      positions = self.vit.positions()[-cfg.num_patches:]
       masked = (self.encoder_mask_token + positions).astype(tokens.dtype)
       kept = jnp.where(mask[:, :, None] > 0, masked, tokens)
     latent = self.vit.encode(self.vit.prepend_class_token(kept), train=train)

@@ -196,7 +196,7 @@ class ViT(nn.Module):
                       "image_size and config.model.channels")
     dtype = P.dtype(cfg.dtype)
     x = self.patch_embed(patchify(images.astype(dtype), cfg.patch_size))
-    x = x + self._positions()[-cfg.num_patches:].astype(dtype)
+    x = x + self.positions()[-cfg.num_patches:].astype(dtype)
     return P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
 
   def prepend_class_token(self, tokens):
@@ -204,7 +204,7 @@ class ViT(nn.Module):
     cfg = self.config
     if not cfg.class_token:
       return tokens
-    cls = (self.cls_token + self._positions()[:1]).astype(tokens.dtype)
+    cls = (self.cls_token + self.positions()[:1]).astype(tokens.dtype)
     return jnp.concatenate([jnp.broadcast_to(cls, (tokens.shape[0], 1, cfg.d_model)),
                             tokens], axis=1)
 
@@ -218,7 +218,7 @@ class ViT(nn.Module):
       return encoded[:, 0]
     return jnp.mean(encoded[:, int(self.config.class_token):], axis=1)
 
-  def _positions(self):
+  def positions(self):
     """The [(1 +) N, D] position table; its first row is the class token's."""
     cfg = self.config
     if cfg.pos_embedding == "learned":
