@@ -11,6 +11,7 @@ _TASKS = {
     "lm": "genvis.tasks.lm:LanguageModelTask",
     "sft": "genvis.tasks.sft:SupervisedFineTuningTask",
     "igpt": "genvis.tasks.igpt:ImageGPTTask",
+    "mae": "genvis.tasks.mae:MAETask",
 }
 
 
