@@ -151,6 +151,16 @@ def load_image_dataset(data_config, split: str) -> ImageDataset:
   return dataset
 
 
+def load_train_test(data_config) -> tuple[ImageDataset, ImageDataset]:
+  """The "train" and "test" splits, checked to hold images of one shape (what a model built
+  for the training images needs of the held-out ones)."""
+  train, test = (load_image_dataset(data_config, split) for split in ("train", "test"))
+  if test.images.shape[1:] != train.images.shape[1:]:
+    raise UserError(f"config.data: test images are {list(test.images.shape[1:])}, training "
+                    f"images {list(train.images.shape[1:])}")
+  return train, test
+
+
 def _settings(data_config) -> dict:
   """`data_config` over the defaults, with every value's type and range checked."""
   provided = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)

@@ -57,12 +57,8 @@ class ImageGPTTask(Task):
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
     data = config.data
-    self.train_set = image_sources.load_image_dataset(data, "train")
-    self.test_set = image_sources.load_image_dataset(data, "test")
+    self.train_set, self.test_set = image_sources.load_train_test(data)
     self.image_shape = self.train_set.images.shape[1:]
-    if self.test_set.images.shape[1:] != self.image_shape:
-      raise UserError(f"config.data: test images are {list(self.test_set.images.shape[1:])}, "
-                      f"training images {list(self.image_shape)}")
     self.num_pixels = self.image_shape[0] * self.image_shape[1]
     self.palette = load_or_fit_palette(data, self.train_set.images, workdir, seed=config.seed,
                                        process_index=process_index,

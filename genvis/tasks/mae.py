@@ -52,12 +52,8 @@ class MAETask(Task):
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
     data = config.data
-    self.train_set = image_sources.load_image_dataset(data, "train")
-    self.test_set = image_sources.load_image_dataset(data, "test")
+    self.train_set, self.test_set = image_sources.load_train_test(data)
     self.image_shape = tuple(self.train_set.images.shape[1:])
-    if tuple(self.test_set.images.shape[1:]) != self.image_shape:
-      raise UserError(f"config.data: test images are {list(self.test_set.images.shape[1:])}, "
-                      f"training images {list(self.image_shape)}")
     self.model_config = resolve_model_config(config, self.image_shape)
     self.model = mae.MAE(self.model_config)
     self.augmented = bool(data.flip or data.random_crop_padding)

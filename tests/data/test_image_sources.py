@@ -290,6 +290,19 @@ def test_split_subfolders_share_class_ids(tmp_path):
     image_sources.load_image_dataset(config, "validation")
 
 
+def test_train_and_test_of_different_sizes_are_one_line_error(tmp_path):
+  _write_image(tmp_path / "train/1.png", (4, 4), "RGB", (1, 2, 3))
+  _write_image(tmp_path / "test/2.png", (6, 6), "RGB", (1, 2, 3))
+  config = _config(source="folder", folder=str(tmp_path))
+  with pytest.raises(UserError, match=r"test images are \[6, 6, 3\], training images "
+                     r"\[4, 4, 3\]") as excinfo:
+    image_sources.load_train_test(config)
+  _one_line_error(excinfo)
+  train, test = image_sources.load_train_test(_config(source="folder", folder=str(tmp_path),
+                                                      resolution=4))
+  assert train.images.shape[1:] == test.images.shape[1:] == (4, 4, 3)
+
+
 def test_hash_split_is_deterministic_and_partitions_the_folder(tmp_path):
   for i in range(20):
     Image.new("L", (3, 3), i * 10).save(tmp_path / f"{i:02d}.png")
