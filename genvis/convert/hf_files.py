@@ -47,6 +47,18 @@ def to_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
+def refuse_leftovers(tensors: Mapping, architecture: str, sizes: str, names=None):
+  """A one-line UserError naming the first of `tensors` (checkpoint keys no parameter took)
+  and its shape; nothing when none are left. `names` maps a key to how the file spells it."""
+  if not tensors:
+    return
+  key = sorted(tensors)[0]
+  more = f" (and {len(tensors) - 1} more)" if len(tensors) > 1 else ""
+  shown = (names or {}).get(key, key)
+  raise UserError(f"unexpected key {shown!r} of shape {tuple(to_numpy(tensors[key]).shape)}"
+                  f"{more}: not part of a {architecture} with {sizes}")
+
+
 def read_dir(directory: str) -> tuple[dict, dict]:
   """(state dict of numpy arrays, config dict) from a saved Hugging Face model folder."""
   if not os.path.isdir(directory):

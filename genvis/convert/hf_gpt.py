@@ -321,12 +321,7 @@ def params_from_hf(state_dict: Mapping, config: gpt.GPTConfig, family: Family) -
     flat[path] = value.astype(dtype)
   if config.tie_embeddings:
     tensors.pop("lm_head.weight", None)  # tied: HF's head *is* the token embedding
-  if tensors:
-    name = sorted(tensors)[0]
-    more = f" (and {len(tensors) - 1} more)" if len(tensors) > 1 else ""
-    raise UserError(f"unexpected key {original[name]!r} of shape "
-                    f"{tuple(hf_files.to_numpy(tensors[name]).shape)}{more}: not part of a "
-                    f"{family.architecture} with {sizes}")
+  hf_files.refuse_leftovers(tensors, family.architecture, sizes, names=original)
   params = flax.traverse_util.unflatten_dict(flat)
   return _stack_layers(params, config.num_layers) if config.scan_layers else params
 

@@ -281,12 +281,7 @@ def params_from_hf(state_dict: Mapping, config, layout: _Layout) -> dict:
                         f"from config.json ({sizes})")
       values.append(value.astype(np.float32))
     flat[path] = _to_genvis(path, values, spec.shape).astype(dtype)
-  if tensors:
-    name = sorted(tensors)[0]
-    more = f" (and {len(tensors) - 1} more)" if len(tensors) > 1 else ""
-    raise UserError(f"unexpected key {name!r} of shape "
-                    f"{tuple(hf_files.to_numpy(tensors[name]).shape)}{more}: not part of a "
-                    f"{layout.architecture} with {sizes}")
+  hf_files.refuse_leftovers(tensors, layout.architecture, sizes)
   params = flax.traverse_util.unflatten_dict(flat)
   return _stack_layers(params) if config.scan_layers else params
 
