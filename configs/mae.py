@@ -38,7 +38,7 @@ Reference run (2-core CPU, shared with other jobs):
 """
 
 from genvis import config_lib
-from genvis.data.image_sources import image_data_defaults
+from genvis.data.image_sources import named_data
 from genvis.models import mae
 
 PAPER_BASE_LR = 1.5e-4  # per 256 images (MAE, section A.1)
@@ -51,29 +51,15 @@ _CPU_MODEL = dict(d_model=128, num_layers=4, num_heads=4, decoder_d_model=64,
 _CPU_BASE_LR = 2e-3  # per 256 images: lr 1e-3 at batch 128
 _CPU_RECIPE = {"data.batch_size": 128, "train.steps": 1500}
 
-# data variant -> (config.data changes on top of image_data_defaults(), CPU patch size).
-_DATA = {
-    "digits": (dict(source="digits"), 2),
-    "scenes": (dict(source="scenes", resolution=16), 4),
-    "mnist": (dict(source="tfds", tfds_name="mnist"), 4),
-    "fashion_mnist": (dict(source="tfds", tfds_name="fashion_mnist"), 4),
-    "cifar10": (dict(source="tfds", tfds_name="cifar10", resolution=32), 4),
-    "celeb_a": (dict(source="tfds", tfds_name="celeb_a", resolution=32,
-                     tfds_test_split="validation"), 4),
-    "imagenet": (dict(source="tfds", tfds_name="imagenet2012", resolution=32,
-                      tfds_test_split="validation"), 4),
-    "folder": (dict(source="folder", resolution=32), 4),
-}
-
 
 def get_config(arg=None):
   variant = config_lib.parse_variant(arg, {"data": "digits", "size": "cpu"})
   c = config_lib.base_config()
   c.task = "mae"
   size, data = variant["size"], variant["data"]
-  if data not in _DATA:
-    raise ValueError(f"config variant data={data!r}: expected one of {', '.join(_DATA)}")
-  data_changes, cpu_patch = _DATA[data]
+  c.data = named_data(data)
+  c.data.batch_size = 128
+  cpu_patch = 2 if data == "digits" else 4  # 16 patches per digit or scene
   if size == "cpu":
     c.model = mae.config_for("B/16", **_CPU_MODEL, patch_size=cpu_patch)
   elif size in PAPER_SIZES:
@@ -83,10 +69,6 @@ def get_config(arg=None):
                      f"{', '.join(PAPER_SIZES)}")
   # Filled in from the data (a set value must match it).
   c.model.update(image_size=0, channels=0, mask_ratio=0.75)
-
-  c.data = image_data_defaults()
-  c.data.batch_size = 128
-  c.data.update(data_changes)
 
   c.train.log_every = 100
   c.optim.update(b1=0.9, b2=0.95, weight_decay=0.05, decay="cosine", min_lr=0.0)

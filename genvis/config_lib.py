@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8,
       weight_decay=0.1,  # on >= 2-D arrays only
       clip_norm=1.0,  # 0: no clipping
+      layer_decay=1.0,  # < 1: layer-wise lr decay (fine-tuning), the head at the full rate
   )
   c.eval = dict(
       every=250,  # 0: only at the end

@@ -25,6 +25,7 @@ import dataclasses
 
 import numpy as np
 
+from genvis.data import digit_captions
 from genvis.data import digits as digits_lib
 from genvis.data import image_preprocess
 from genvis.data import scenes as scenes_lib
@@ -48,7 +49,11 @@ class ImageDataset:
   Attributes:
     images: float32 [N, H, W, C] in [-1, 1], C = 1 (grey) or 3 (RGB).
     labels: int32 [N] class ids in 0..num_classes-1, or None when the data has none.
-    captions: N strings, or None.
+    captions: N strings, or None: one caption per image (for a dataset with several per
+      image, the first; training picks among all of them, see genvis.data.caption_batches).
+    all_captions: for datasets with several captions per image (tfds coco_captions), every
+      caption of each image, all_captions[i][0] == captions[i]; None when there is one each.
+      Retrieval evaluation needs them all (an image query hits if ANY caption is retrieved).
     num_classes: the number of classes; 0 when unknown or unlabelled.
     class_names: the class names in id order (for CLIP prompts, reports); () when unknown.
     name: where it came from, for logs ("digits", "cifar10", "/data/photos").
@@ -57,6 +62,7 @@ class ImageDataset:
   images: np.ndarray
   labels: np.ndarray | None = None
   captions: list[str] | None = None
+  all_captions: list[list[str]] | None = None
   num_classes: int = 0
   class_names: tuple[str, ...] = ()
   name: str = ""
@@ -72,9 +78,21 @@ class ImageDataset:
                        f"{self.labels.dtype} {list(self.labels.shape)}")
     if self.captions is not None and len(self.captions) != count:
       raise ValueError(f"ImageDataset has {count} images but {len(self.captions)} captions")
+    if self.all_captions is not None and (
+        self.captions is None or len(self.all_captions) != count
+        or any(not group or group[0] != first
+               for group, first in zip(self.all_captions, self.captions))):
+      raise ValueError("ImageDataset.all_captions must hold one non-empty list per image "
+                       "whose first entry is that image's caption")
 
   def __len__(self) -> int:
     return len(self.images)
+
+  def caption_lists(self) -> list[list[str]] | None:
+    """Every caption of each image (one each unless `all_captions`), or None."""
+    if self.all_captions is not None:
+      return self.all_captions
+    return None if self.captions is None else [[caption] for caption in self.captions]
 
 
 def image_data_defaults() -> dict:
@@ -106,6 +124,8 @@ def image_data_defaults() -> dict:
       tfds_test_split="test",  # what split "test" reads (celeb_a, imagenet2012: "validation")
       tfds_image_key="",  # "": "image", or the dataset's only Image feature
       tfds_label_key="",  # "": "label" if it is a ClassLabel, else no labels; "none": none
+      tfds_caption_key="",  # "": no captions; else a string feature, "/" for nesting
+                            # (coco_captions: "captions/text", ~5 per image)
       # folder: images (.png .jpg .jpeg .bmp .gif .webp) found recursively; see image_folder
       folder="",
       folder_labels=False,  # the first subfolder (under a split folder) names the class
@@ -114,6 +134,32 @@ def image_data_defaults() -> dict:
       flip=False,
       random_crop_padding=0,
   )
+
+
+# Short dataset names for config variants ("data=scenes"): the changes each makes to
+# image_data_defaults(). Sizes are CPU-friendly; tfds data must be prepared beforehand.
+NAMED_DATA = {
+    "digits": dict(source="digits"),
+    "scenes": dict(source="scenes", resolution=16),
+    "mnist": dict(source="tfds", tfds_name="mnist"),
+    "fashion_mnist": dict(source="tfds", tfds_name="fashion_mnist"),
+    "cifar10": dict(source="tfds", tfds_name="cifar10", resolution=32),
+    "celeb_a": dict(source="tfds", tfds_name="celeb_a", resolution=32,
+                    tfds_test_split="validation"),
+    "imagenet": dict(source="tfds", tfds_name="imagenet2012", resolution=32,
+                     tfds_test_split="validation"),
+    "folder": dict(source="folder", resolution=32),
+    # Karpathy splits: train 82,783 images (1.0 GB at 32 px), val / test 5,000, restval 30,504.
+    "coco_captions": dict(source="tfds", tfds_name="coco_captions", resolution=32,
+                          tfds_caption_key="captions/text"),
+}
+
+
+def named_data(name: str) -> dict:
+  """image_data_defaults() with the changes of NAMED_DATA[name]."""
+  if name not in NAMED_DATA:
+    raise ValueError(f"config variant data={name!r}: expected one of {', '.join(NAMED_DATA)}")
+  return {**image_data_defaults(), **NAMED_DATA[name]}
 
 
 def load_image_dataset(data_config, split: str) -> ImageDataset:
@@ -201,6 +247,8 @@ def _load_digits(settings: dict, split: str) -> ImageDataset:
   keep = _head(len(images), settings)
   images = image_preprocess.set_channels(images[:keep], settings["channels"])
   return ImageDataset(images=images, labels=labels[:keep],
+                      captions=digit_captions.digit_captions(labels[:keep],
+                                                             settings["dataset_seed"]),
                       num_classes=digits_lib.NUM_CLASSES,
                       class_names=tuple(str(d) for d in range(digits_lib.NUM_CLASSES)),
                       name="digits")

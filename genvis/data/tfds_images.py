@@ -10,6 +10,11 @@ not prepared in `config.data.tfds_data_dir` fails at once with one line that say
 `tfds build` command prepares it (with `--manual_dir` for datasets such as imagenet2012 whose
 archives must be fetched by hand), before TensorFlow is imported. The generic checks (import,
 builder, split, GPUs) are `genvis.data.tfds_text`'s, shared with the text datasets.
+
+Captions (`config.data.tfds_caption_key`, e.g. "captions/text" for coco_captions) are any
+string feature, reached through nested dicts and Sequences with "/". A feature inside a
+Sequence gives several captions per image: `ImageDataset.captions` holds the first and
+`ImageDataset.all_captions` all of them, in the stored order.
 """
 
 import numpy as np
@@ -58,8 +63,10 @@ def load_tfds_images(settings: dict, split: str) -> ImageDataset:
     raise UserError(f"{shown_key}={tfds_split!r}: {e}") from None
   image_key = _image_key(tfds, builder, name, settings["tfds_image_key"])
   label_key, class_names = _label_key(tfds, builder, name, settings["tfds_label_key"])
+  caption_path, several = _caption_path(tfds, builder, name, settings["tfds_caption_key"])
   tfds_text._hide_gpus_from_tf()
-  pixels, labels = _read(tfds, builder, tfds_split, image_key, label_key, settings)
+  pixels, labels, caption_lists = _read(tfds, builder, tfds_split, image_key, label_key,
+                                        caption_path, settings)
   if labels is not None and ((labels < 0) | (labels >= len(class_names))).any():
     raise UserError(f"tfds dataset {name!r} split {tfds_split!r} has examples without a label "
                     f"in 0..{len(class_names) - 1} (imagenet2012's test split is unlabelled); "
@@ -67,6 +74,8 @@ def load_tfds_images(settings: dict, split: str) -> ImageDataset:
   return ImageDataset(
       images=image_preprocess.to_unit_range(pixels),
       labels=None if labels is None else labels.astype(np.int32),
+      captions=None if caption_lists is None else [group[0] for group in caption_lists],
+      all_captions=caption_lists if several else None,
       num_classes=len(class_names), class_names=class_names, name=name)
 
 
@@ -118,23 +127,52 @@ def _label_key(tfds, builder, name: str, requested: str):
   return key, tuple(feature.names)
 
 
-def _read(tfds, builder, split, image_key, label_key, settings):
-  """(uint8 [N, H, W, C] after the shared preprocessing, int64 labels [N] or None)."""
+def _string_features(tfds, features, prefix=(), in_sequence=False):
+  """{"a/b": (keys to reach it, several per example)} for every string feature."""
+  found = {}
+  if isinstance(features, tfds.features.FeaturesDict):
+    for key, feature in features.items():
+      found.update(_string_features(tfds, feature, (*prefix, key), in_sequence))
+  elif isinstance(features, tfds.features.Sequence):
+    found.update(_string_features(tfds, features.feature, prefix, True))
+  elif (isinstance(features, tfds.features.Tensor)
+        and np.dtype(features.np_dtype).kind in "OSU"):
+    found["/".join(prefix)] = (prefix, in_sequence or bool(features.shape))
+  return found
+
+
+def _caption_path(tfds, builder, name: str, requested: str):
+  """(the keys that reach the caption feature, or None; whether there are several per
+  image)."""
+  if not requested:
+    return None, False
+  strings = _string_features(tfds, builder.info.features)
+  if requested not in strings:
+    raise UserError(f"config.data.tfds_caption_key={requested!r}: not a string feature of "
+                    f"tfds dataset {name!r}; its string features: "
+                    f"{', '.join(sorted(strings)) or 'none'} ('': no captions)")
+  return strings[requested]
+
+
+def _read(tfds, builder, split, image_key, label_key, caption_path, settings):
+  """(uint8 [N, H, W, C] after the shared preprocessing, int64 labels [N] or None, each
+  image's list of captions or None)."""
   feature_shape = builder.info.features[image_key].shape
   same_shape = None not in feature_shape
   ds = builder.as_dataset(split=split, shuffle_files=False)
   if settings["max_examples"]:
     ds = ds.take(settings["max_examples"])
-  if label_key is None:
-    ds = ds.map(lambda example: (example[image_key], 0))
-  else:
-    ds = ds.map(lambda example: (example[image_key], example[label_key]))
+  ds = ds.map(lambda example: _select(example, image_key, label_key, caption_path))
   # Images of different sizes (imagenet2012) cannot share a dense batch: one per batch.
-  ds = ds.batch(_BATCH_SIZE if same_shape else 1).prefetch(1)
+  # Caption lists of different lengths are padded with "" and cut back by their count.
+  batch_size = _BATCH_SIZE if same_shape else 1
+  ds = (ds.batch(batch_size) if caption_path is None else ds.padded_batch(batch_size))
+  ds = ds.prefetch(1)
   resolution, channels = settings["resolution"], settings["channels"]
   chunks, label_chunks = [], []
+  caption_lists = None if caption_path is None else []
   first_shape = None
-  for image_batch, label_batch in tfds.as_numpy(ds):
+  for image_batch, label_batch, *caption_batch in tfds.as_numpy(ds):
     if first_shape is None:
       first_shape = image_batch.shape[1:]
     if resolution == 0 and image_batch.shape[1:] != first_shape:
@@ -143,12 +181,36 @@ def _read(tfds, builder, split, image_key, label_key, settings):
           f"config.data.resolution=0 keeps native sizes, but example {index} of tfds "
           f"{builder.name!r} split {split!r} is {'x'.join(map(str, image_batch.shape[1:]))} "
           f"while example 0 is {'x'.join(map(str, first_shape))}; set config.data.resolution")
+    if caption_path is not None:
+      _append_captions(caption_lists, *caption_batch, builder.name, split)
     chunks.append(_preprocess_batch(image_batch, resolution, channels))
     label_chunks.append(np.asarray(label_batch, np.int64).reshape(-1))
   if not chunks:
     raise UserError(f"tfds dataset {builder.name!r} split {split!r} has no examples")
   labels = None if label_key is None else np.concatenate(label_chunks)
-  return np.concatenate(chunks), labels
+  return np.concatenate(chunks), labels, caption_lists
+
+
+def _select(example, image_key, label_key, caption_path):
+  """(image, label or 0[, captions as a 1-D string tensor, their count])."""
+  selected = (example[image_key], 0 if label_key is None else example[label_key])
+  if caption_path is None:
+    return selected
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  (tfds has imported it)
+  captions = example
+  for key in caption_path:
+    captions = captions[key]
+  captions = tf.reshape(captions, [-1])
+  return (*selected, captions, tf.size(captions))
+
+
+def _append_captions(caption_lists, padded, counts, name, split):
+  """Adds one list of str per image of a batch of "" padded byte strings [B, K]."""
+  for row, count in zip(padded, counts):
+    if count == 0:
+      raise UserError(f"tfds dataset {name!r} split {split!r}: example {len(caption_lists)} "
+                      "has no caption (config.data.tfds_caption_key)")
+    caption_lists.append([text.decode("utf-8") for text in row[:count]])
 
 
 def _preprocess_batch(images: np.ndarray, resolution: int, channels: int) -> np.ndarray:

@@ -57,13 +57,16 @@ class BPETokenizer:
     self._tokenizer = tokenizer
 
   @classmethod
-  def fit(cls, text: str, vocab_size: int) -> "BPETokenizer":
+  def fit(cls, text: str, vocab_size: int,
+          special_tokens: tuple[str, ...] = (END_OF_TEXT,)) -> "BPETokenizer":
+    """BPE merges learned from `text`; `special_tokens` take ids 0, 1, ... in order and are
+    never split (CLIP's captions add start-of-text and padding tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=import-outside-toplevel
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[cls.END_OF_TEXT],
+        vocab_size=vocab_size, special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # Train on lines so the trainer sees many short sequences rather than one huge one.
     tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
@@ -78,6 +81,17 @@ class BPETokenizer:
     lines = text.splitlines(keepends=True) or [""]
     encodings = self._tokenizer.encode_batch(lines)
     return np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32)
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    """One int32 id array per text (short texts such as captions, encoded in parallel)."""
+    return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(list(texts))]
+
+  def token_id(self, token: str) -> int:
+    """The id of a special token, e.g. END_OF_TEXT."""
+    token_id = self._tokenizer.token_to_id(token)
+    if token_id is None:
+      raise UserError(f"the tokenizer has no token {token!r}")
+    return token_id
 
   def decode(self, ids) -> str:
     return self._tokenizer.decode([int(i) for i in ids])

@@ -18,7 +18,7 @@ Called from a parent module (`self.encoder.embed_patches(...)`) or through
 has exactly a ViT's parameter tree, which fine-tuning and probes load as they are.
 
 Parameters: patch_embed/{kernel [p*p*C, D], bias [D]}, cls_token [1, 1, D],
-pos_embedding [(1 +) N, D] (learned only; "sincos" is a constant), encoder/{blocks/...
+pos_embedding [(1 +) N, D] (learned only; "sincos" is a constant), encoder/{[ln_pre], blocks/...
 (as GPT's, genvis/nn/transformer.py), ln_f}, pre_logits/{kernel, bias} (representation_size
 > 0), head/{kernel, bias} (num_classes > 0).
 
@@ -56,6 +56,10 @@ class ViTConfig(TransformerConfig):
   pooling: str = "cls"  # "cls" (the class token) or "mean" (average of the patch tokens)
   class_token: bool = True
   representation_size: int = 0  # > 0: ViT's pre-logits Dense + tanh (ImageNet-21k)
+  # CLIP's image encoder: a LayerNorm on the embedded tokens before the blocks (encoder/ln_pre)
+  # and a patch projection without bias. The defaults keep ViT's and MAE's parameter trees.
+  pre_norm: bool = False
+  patch_bias: bool = True
   # TransformerConfig fields whose ViT defaults differ from GPT's.
   activation: str = "gelu"
   layer_norm_epsilon: float = 1e-6
@@ -123,13 +127,16 @@ def config_for(variant: str, **overrides) -> dict:
 
 
 class Encoder(nn.Module):
-  """Dropout -> blocks -> final norm; `train` is a call argument (the stack's is a field)."""
+  """[pre-norm ->] dropout -> blocks -> final norm; `train` is a call argument (the stack's
+  is a field)."""
 
   config: ViTConfig
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
     cfg = self.config
+    if cfg.pre_norm:
+      tokens = norm_layer(cfg, "ln_pre")(tokens)
     x = nn.Dropout(cfg.dropout)(tokens, deterministic=not train)
     x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
     x = TransformerStack(cfg, train, name="blocks")(x)
@@ -146,7 +153,7 @@ class ViT(nn.Module):
     dtype, param_dtype = P.dtype(cfg.dtype), P.dtype(cfg.param_dtype)
     # LeCun normal is the default init of the reference's patch convolution.
     self.patch_embed = nn.Dense(
-        cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+        cfg.d_model, use_bias=cfg.patch_bias, dtype=dtype, param_dtype=param_dtype,
         kernel_init=P.param_init(nn.initializers.lecun_normal(), (None, P.EMBED)),
         bias_init=P.param_init(nn.initializers.zeros, (P.EMBED,)))
     if cfg.class_token:
@@ -224,6 +231,22 @@ class ViT(nn.Module):
     if cfg.pos_embedding == "learned":
       return self.pos_embedding
     return jnp.asarray(sincos_2d(cfg.grid, cfg.grid, cfg.d_model, cls_token=cfg.class_token))
+
+
+def fill_from_data(model_section, image_shape, **data_fields):
+  """Sets the image fields of a config's model section (image_size, channels and any
+  `data_fields` such as num_classes) that are 0 to the data's values, in place, so
+  workdir/config.json records them; a set value must match the data."""
+  height, width, channels = image_shape
+  if height != width:
+    raise UserError(f"config.data gives {height}x{width} images: a ViT needs square images "
+                    "(set config.data.resolution)")
+  for key, value in {"image_size": height, "channels": channels, **data_fields}.items():
+    if model_section[key] == 0:
+      model_section[key] = value
+    elif model_section[key] != value:
+      raise UserError(f"config.model.{key}={model_section[key]}, but the data has "
+                      f"{key}={value} (set it to {value}, or 0 to take it from the data)")
 
 
 def abstract_params(config: ViTConfig):

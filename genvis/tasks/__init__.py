@@ -12,6 +12,8 @@ _TASKS = {
     "sft": "genvis.tasks.sft:SupervisedFineTuningTask",
     "igpt": "genvis.tasks.igpt:ImageGPTTask",
     "mae": "genvis.tasks.mae:MAETask",
+    "classify": "genvis.tasks.classify:ClassificationTask",
+    "clip": "genvis.tasks.clip:ContrastiveTask",
 }
 
 

@@ -5,10 +5,29 @@ checkpoints. Batches are numpy dicts holding this process's rows of the global b
 """
 
 import abc
-from typing import Any, Iterable
+import dataclasses
+from typing import Any, Callable, Iterable
 
 import flax.linen as nn
 import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFromParts:
+  """Which of another run's parameters start this one (`config.init_from`).
+
+  Attributes:
+    source_prefix: take the saved parameters under this path ("vit": an MAE's encoder) and
+      put them at the root of this model; "": the whole saved tree.
+    exclude: names directly below the prefix that are not taken ("head": a classifier
+      head trained for other classes).
+    model_fields: the model config fields that must match the saved run's; None: every
+      field both record (runtime-only ones aside).
+  """
+
+  source_prefix: str = ""
+  exclude: tuple[str, ...] = ()
+  model_fields: tuple[str, ...] | None = None
 
 
 class Task(abc.ABC):
@@ -59,6 +78,25 @@ class Task(abc.ABC):
     """Defaults of the model config's fields: a checkpoint written before a field existed
     is compared as if it had recorded the default (what the field's addition preserved)."""
     return {}
+
+  def evaluators(self) -> dict[str, Callable[[Any], dict[str, float]]]:
+    """Evaluations beyond the held-out loss (zero-shot, retrieval, ...): name -> a function
+    of the parameters returning scalar metrics, logged as val_<name>/<metric> at every eval.
+    They run on every process with the whole parameters; only process 0 writes logs."""
+    return {}
+
+  def init_from_parts(self, saved_meta: dict) -> InitFromParts:
+    """What to take from a run (whose checkpoint metadata is `saved_meta`) that starts this
+    one; the default takes all of its parameters and compares every model field."""
+    del saved_meta
+    return InitFromParts()
+
+  def lr_layers(self) -> tuple[Callable[[tuple[str, ...]], Any], int] | None:
+    """For layer-wise learning-rate decay (`config.optim.layer_decay`): (a function from a
+    parameter's path names to its depth, 0 for the input embeddings up to `deepest` for
+    the head, or an int array of depths along the leading axis of stacked (scanned)
+    layers; `deepest`), or None when the model has no such order."""
+    return None
 
   def sample(self, params, rng) -> dict[str, Any]:
     """Samples to show a person (texts, image grids). Optional."""

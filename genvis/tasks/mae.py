@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genvis.data import image_preprocess, image_sources
-from genvis.data.batching import ExampleOrder, process_rows
+from genvis.data.image_batches import ImageBatches
 from genvis.errors import UserError
-from genvis.models import mae
+from genvis.models import mae, vit
 from genvis.nn.patches import patchify, unpatchify
 from genvis.nn.transformer import TransformerConfig
 from genvis.sampling import image_grid
@@ -51,22 +50,15 @@ class MAETask(Task):
 
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
-    data = config.data
-    self.train_set, self.test_set = image_sources.load_train_test(data)
-    self.image_shape = tuple(self.train_set.images.shape[1:])
+    self.batches = ImageBatches(config.data, config.seed, process_index=process_index,
+                                process_count=process_count)
+    self.train_set, self.test_set = self.batches.train_set, self.batches.test_set
+    self.image_shape = self.batches.image_shape
     self.model_config = resolve_model_config(config, self.image_shape)
     self.model = mae.MAE(self.model_config)
-    self.augmented = bool(data.flip or data.random_crop_padding)
-    if self.augmented:  # a bad padding fails here, not at the first batch
-      image_preprocess.augment(self.train_set.images[:1], (0,), flip=data.flip,
-                               random_crop_padding=data.random_crop_padding)
     # The baselines, in the loss's target space, from the (un-augmented) training images.
     self.mean_image_patches = mean_training_patches(self.train_set.images, self.model_config)
     self.mean_patch = self.mean_image_patches.mean(axis=0)
-    self.train_order = ExampleOrder(len(self.train_set), data.batch_size, config.seed,
-                                    "the training split")
-    self.test_order = ExampleOrder(len(self.test_set), data.batch_size, config.seed,
-                                   "the test split")
 
   @property
   def num_patches(self) -> int:
@@ -83,14 +75,7 @@ class MAETask(Task):
     return self.model.init(rng, images, noise=jnp.zeros((1, self.num_patches), jnp.float32))
 
   def train_batch(self, step):
-    rows = process_rows(self.config.data.batch_size, self.process_index, self.process_count)
-    images = self.train_set.images[self.train_order.train_indices(step)[rows]]
-    if self.augmented:
-      data = self.config.data
-      images = image_preprocess.augment(images, (self.config.seed, step), flip=data.flip,
-                                        random_crop_padding=data.random_crop_padding,
-                                        row_ids=np.arange(rows.start, rows.stop))
-    return {"images": images, "weights": np.ones(len(images), np.float32)}
+    return self.batches.train_batch(step)
 
   def eval_noise(self, index: int) -> np.ndarray:
     """Masking noise [global batch, N] of held-out batch `index`: the same in every eval."""
@@ -100,13 +85,8 @@ class MAETask(Task):
   def eval_batches(self):
     """The whole test split (`eval.num_batches` < 0), or its first `num_batches` batches,
     each with its fixed masking noise."""
-    limit = self.config.eval.num_batches
-    count = self.test_order.num_eval_batches
-    rows = process_rows(self.config.data.batch_size, self.process_index, self.process_count)
-    for index in range(count if limit < 0 else min(limit, count)):
-      indices, weights = self.test_order.eval_indices(index)
-      yield {"images": self.test_set.images[indices[rows]], "weights": weights[rows],
-             "noise": self.eval_noise(index)[rows]}
+    for index, batch in self.batches.eval_batches(self.config.eval.num_batches):
+      yield {**batch, "noise": self.eval_noise(index)[self.batches.rows]}
 
   # ----------------------------------------------------------------------------- loss
   def loss_fn(self, params, batch, rng, *, train):
@@ -233,18 +213,8 @@ def mean_training_patches(images: np.ndarray, config: mae.MAEConfig) -> np.ndarr
 def resolve_model_config(config, image_shape) -> mae.MAEConfig:
   """`config.model` with image_size and channels filled in from the data when 0 (also in
   `config`, so workdir/config.json records them); any other value must match the data."""
-  height, width, channels = image_shape
-  if height != width:
-    raise UserError(f"config.data gives {height}x{width} images: MAE needs square images "
-                    "(set config.data.resolution)")
-  model = config.model
-  for key, value in (("image_size", height), ("channels", channels)):
-    if model[key] == 0:
-      model[key] = value
-    elif model[key] != value:
-      raise UserError(f"config.model.{key}={model[key]}, but the data's images have "
-                      f"{key}={value} (set it to {value}, or 0 to take it from the data)")
-  return mae.MAEConfig(**model.to_dict())
+  vit.fill_from_data(config.model, image_shape)
+  return mae.MAEConfig(**config.model.to_dict())
 
 
 def _stack_flops(config: TransformerConfig, tokens: int) -> float:

@@ -147,27 +147,36 @@ class ParamsSource:
     args = ocp.args.Composite(meta=ocp.args.JsonRestore())
     return self._manager.restore(self.step, args=args)["meta"]
 
-  def subtree_target(self, abstract_params) -> tuple[Any, list[str]]:
-    """(the restore target: this checkpoint's parameters as `abstract_params` lays them out,
-    the names of the parameters of `abstract_params` that it does not have).
+  def subtree_target(self, abstract_params, prefix: str = "",
+                     exclude: tuple[str, ...] = ()) -> tuple[Any, list[str], int]:
+    """(the restore target, the names of the parameters of `abstract_params` it does not
+    fill, how many checkpoint parameters it leaves out).
 
-    `abstract_params` is the new model's tree of jax.ShapeDtypeStruct with shardings; each
-    checkpoint parameter must be in it with the same shape and dtype (else a UserError that
-    names the parameter and both shapes).
+    The checkpoint's parameters under `prefix` ("vit": an MAE's encoder; "": all of them),
+    less the names in `exclude` directly below it, go to the same paths at the root of
+    `abstract_params` (the new model's tree of jax.ShapeDtypeStruct with shardings): each
+    must be there with the same shape and dtype (else a UserError that names the parameter
+    and both shapes). The target keeps the checkpoint's own paths, prefix included.
     """
     from flax import traverse_util  # pylint: disable=import-outside-toplevel
     saved = traverse_util.flatten_dict(self.param_shapes, sep="/")
+    head = f"{prefix}/" if prefix else ""
+    taken = {name[len(head):]: array for name, array in saved.items()
+             if name.startswith(head) and name[len(head):].split("/")[0] not in exclude}
+    if not taken:
+      raise UserError(f"checkpoint {self.where} has no parameters under {prefix!r}")
     ours = traverse_util.flatten_dict(abstract_params, sep="/")
-    for name, array in saved.items():
+    for name, array in taken.items():
       if name not in ours:
-        raise UserError(f"parameter {name} {list(array.shape)} of checkpoint {self.where} is "
-                        "not in this model (a different architecture?)")
+        raise UserError(f"parameter {head}{name} {list(array.shape)} of checkpoint "
+                        f"{self.where} is not in this model (a different architecture?)")
       if (array.shape, array.dtype) != (ours[name].shape, ours[name].dtype):
-        raise UserError(f"parameter {name} is {array.dtype}{list(array.shape)} in checkpoint "
-                        f"{self.where} but {ours[name].dtype}{list(ours[name].shape)} in this "
-                        "model")
-    target = traverse_util.unflatten_dict({name: ours[name] for name in saved}, sep="/")
-    return target, sorted(set(ours) - set(saved))
+        raise UserError(f"parameter {head}{name} is {array.dtype}{list(array.shape)} in "
+                        f"checkpoint {self.where} but {ours[name].dtype}"
+                        f"{list(ours[name].shape)} in this model")
+    target = traverse_util.unflatten_dict({head + name: ours[name] for name in taken},
+                                          sep="/")
+    return target, sorted(set(ours) - set(taken)), len(saved) - len(taken)
 
   def restore(self, target):
     """The parameters in `target` (from `subtree_target`), laid out as it says; an older

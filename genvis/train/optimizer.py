@@ -4,9 +4,18 @@ AdamW with linear warmup then cosine, linear or no decay to `min_lr`; global-nor
 clipping; weight decay only on kernels and embeddings, never on biases and norm scales (GPT-2/3
 and nanoGPT practice). The choice is by parameter name, not by rank: a fused QKV bias is 3-D
 and a scanned LayerNorm scale is 2-D, yet neither is a weight matrix.
+
+Layer-wise learning-rate decay (`layer_decay` < 1; BEiT, and MAE's fine-tuning): the update
+of a parameter at depth i of a model whose head is at depth L is scaled by
+layer_decay^(L - i), so the head moves at the full rate and the patch embedding least. The
+task names the depths (`Task.lr_layers`). The scale multiplies AdamW's whole update, weight
+decay included, as a per-group learning rate does in PyTorch's AdamW.
 """
 
+from typing import Any, Callable
+
 import jax
+import numpy as np
 import optax
 
 from genvis.errors import UserError
@@ -35,12 +44,44 @@ def weight_decay_mask(params):
       lambda path, _: getattr(path[-1], "key", None) in DECAYED, params)
 
 
-def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
+def scale_by_layer_decay(layer_of: Callable[[tuple[str, ...]], Any], deepest: int,
+                         decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by decay^(deepest - depth), depth = layer_of(path names); an
+  array of depths scales the slices along the leading axis of stacked layers."""
+
+  def scale(path, update):
+    names = tuple(str(getattr(key, "key", key)) for key in path)
+    depth = np.asarray(layer_of(names))
+    if depth.ndim and depth.shape != update.shape[:1]:
+      raise ValueError(f"layer depths {depth.shape} for parameter {'/'.join(names)} "
+                       f"{update.shape}: one per slice of its leading axis expected")
+    factor = np.power(decay, deepest - depth, dtype=np.float32)
+    return update * factor.reshape(factor.shape + (1,) * (update.ndim - factor.ndim))
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(optim_config, total_steps: int, lr_layers=None) -> optax.GradientTransformation:
+  """The optimizer `optim_config` describes; `lr_layers` is the task's (layer_of, deepest)
+  for layer-wise decay (`Task.lr_layers`)."""
   cfg = optim_config
   if cfg.name != "adamw":
     raise UserError(f"config.optim.name={cfg.name!r}: only 'adamw' is implemented")
-  adamw = optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mask=weight_decay_mask)
+  parts = []
   if cfg.clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
-  return adamw
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+  parts.append(optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, mask=weight_decay_mask))
+  layer_decay = cfg.get("layer_decay", 1.0)
+  if not 0.0 < layer_decay <= 1.0:
+    raise UserError(f"config.optim.layer_decay={layer_decay} must be in (0, 1]; 1 turns it off")
+  if layer_decay < 1.0:
+    if lr_layers is None:
+      raise UserError(f"config.optim.layer_decay={layer_decay}: this task's model has no "
+                      "layer order to decay along (set it to 1)")
+    parts.append(scale_by_layer_decay(*lr_layers, layer_decay))
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)

@@ -57,7 +57,7 @@ class Trainer:
                            process_count=jax.process_count())
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self.rules = mesh_lib.rules(config.mesh)
-    self.tx = make_optimizer(config.optim, config.train.steps)
+    self.tx = make_optimizer(config.optim, config.train.steps, self.task.lr_layers())
     self.lr_schedule = schedule(config.optim, config.train.steps)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
     mesh_lib.check_divisible(self.task.batch_spec(), self.batch_sharding)
@@ -114,10 +114,12 @@ class Trainer:
         abstract, self.state_shardings)
     self.num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
 
-  def check_checkpoint_meta(self, saved: dict, where: str, *, same_task: bool = True):
+  def check_checkpoint_meta(self, saved: dict, where: str, *, same_task: bool = True,
+                            model_fields: tuple[str, ...] | None = None):
     """Refuse a checkpoint whose model differs from the config's (runtime-only fields such as
     dropout, remat and compute dtype may change between runs). With `same_task=False`
-    (init_from: another task's run) only the model and the facts both tasks record count."""
+    (init_from: another task's run) only the model and the facts both tasks record count,
+    and `model_fields`, when given, names the only model fields compared."""
     current = self.task.metadata()
     # Fields that change how a model runs or starts, not what its parameters compute.
     runtime_only = {"dropout", "attention_dropout", "remat", "dtype", "attention_impl",
@@ -125,8 +127,9 @@ class Trainer:
     model = current.get("model", {})
     defaults = {k: v for k, v in self.task.model_field_defaults().items() if k in model}
     saved_model = {**defaults, **saved.get("model", {})}  # older checkpoints lack new fields
+    compared = set(saved_model) | set(model) if model_fields is None else set(model_fields)
     differences = [f"model.{k}={saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now"
-                   for k in sorted(set(saved_model) | set(model))
+                   for k in sorted(compared)
                    if k not in runtime_only and saved_model.get(k) != model.get(k)]
     keys = set(saved) | set(current) if same_task else (set(saved) & set(current)) - {"task"}
     differences += [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
@@ -154,28 +157,37 @@ class Trainer:
       state = self._load_init_from(state, *init_from)
     return state
 
-  def _check_init_from(self) -> tuple[ParamsSource, dict]:
-    """(source, target) for `config.init_from`, checked before anything is compiled: the
-    other run's model config must match this one's and its parameters must be a subtree of
-    this model's (a task head may be new)."""
+  def _check_init_from(self) -> tuple[ParamsSource, dict, str]:
+    """(source, restore target, the source's parameter prefix) for `config.init_from`,
+    checked before anything is compiled: the task says which of the other run's parameters
+    it takes (`Task.init_from_parts`); their model fields must match this run's and they
+    must be a subtree of this model's parameters (a task head may be new)."""
     source = ParamsSource(self.config.init_from, "config.init_from")
     try:
-      self.check_checkpoint_meta(source.read_meta(), f"{source.where} (config.init_from)",
-                                 same_task=False)
-      target, new_names = source.subtree_target(self.abstract_state.params)
+      saved_meta = source.read_meta()
+      parts = self.task.init_from_parts(saved_meta)
+      self.check_checkpoint_meta(saved_meta, f"{source.where} (config.init_from)",
+                                 same_task=False, model_fields=parts.model_fields)
+      target, new_names, left_out = source.subtree_target(
+          self.abstract_state.params, parts.source_prefix, parts.exclude)
     except Exception:
       source.close()
       raise
-    log.info("init_from %s (%s); parameters not in it, left as initialised: %s",
-             source.where, source.item, ", ".join(new_names) or "none")
-    return source, target
+    log.info("init_from %s (%s%s; %d of its parameters left out); parameters not in it, "
+             "left as initialised: %s", source.where, source.item,
+             f"/{parts.source_prefix}" if parts.source_prefix else "", left_out,
+             ", ".join(new_names) or "none")
+    return source, target, parts.source_prefix
 
-  def _load_init_from(self, state: TrainState, source: ParamsSource, target) -> TrainState:
+  def _load_init_from(self, state: TrainState, source: ParamsSource, target,
+                      prefix: str) -> TrainState:
     """The fresh state with the other run's parameters in place of the initialised ones."""
     try:
       loaded = source.restore(target)
     finally:
       source.close()
+    for name in prefix.split("/") if prefix else ():
+      loaded = loaded[name]
 
     def merge(state, loaded):
       return self._state_around(_merge_trees(state.params, loaded), state.rng)
@@ -239,7 +251,11 @@ class Trainer:
           weight = weights.get(k, default_weight)
           totals[k] = totals.get(k, 0.0) + weight * float(v)
           counts[k] = counts.get(k, 0.0) + weight
-    return {f"val_{k}": v / max(counts[k], 1e-9) for k, v in totals.items()}
+    metrics = {f"val_{k}": v / max(counts[k], 1e-9) for k, v in totals.items()}
+    with self.sharding_context():
+      for name, evaluator in self.task.evaluators().items():
+        metrics.update({f"val_{name}/{k}": float(v) for k, v in evaluator(params).items()})
+    return metrics
 
   def sample(self, params, step: int) -> dict:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 2), step)

@@ -21,7 +21,8 @@ from genvis.errors import UserError
 
 _TFDS_SPLITS = {"mnist": ("train", "test"), "cifar10": ("train", "test"),
                 "celeb_a": ("train", "validation", "test"),
-                "imagenet2012": ("train", "validation", "test")}
+                "imagenet2012": ("train", "validation", "test"),
+                "coco_captions": ("train", "val", "test", "restval")}
 
 
 def _config(**overrides):
@@ -436,6 +437,28 @@ def test_tfds_key_and_split_mistakes(tfds_dir):
     unlabelled = image_sources.load_image_dataset(dict(config, tfds_label_key="none"),
                                                   "train")
   assert unlabelled.labels is None and len(unlabelled) == 2
+
+
+def test_tfds_coco_captions_gives_every_caption_of_each_image(tfds_dir):
+  tfds, data_dir = tfds_dir
+  config = dict(image_sources.named_data("coco_captions"), tfds_data_dir=data_dir,
+                resolution=8)
+  with _mock(tfds, data_dir, num_examples=3):
+    dataset = image_sources.load_image_dataset(config, "test")
+    (raw_captions,) = _raw(tfds, data_dir, "coco_captions", "test", keys=("captions",))
+    one_each = image_sources.load_image_dataset(dict(config, tfds_caption_key="image/filename"),
+                                                "test")
+    with pytest.raises(UserError) as excinfo:
+      image_sources.load_image_dataset(dict(config, tfds_caption_key="captions/id"), "test")
+  expected = [[text.decode() for text in example["text"]] for example in raw_captions]
+  assert min(len(group) for group in expected) > 1  # the mock draws 5..49 per image
+  assert dataset.all_captions == expected and dataset.labels is None
+  assert dataset.captions == [group[0] for group in expected]
+  assert dataset.caption_lists() == expected and dataset.images.shape == (3, 8, 8, 3)
+  assert one_each.all_captions is None and len(one_each.captions) == 3
+  assert one_each.caption_lists() == [[text] for text in one_each.captions]
+  _one_line_error(excinfo, "config.data.tfds_caption_key='captions/id'",
+                  "captions/text, image/filename")
 
 
 @pytest.mark.parametrize("name, fragment", [("cifar10", ""), ("imagenet2012", "--manual_dir")])

@@ -82,7 +82,7 @@ def test_batches_are_images_and_deterministic(task):
   assert batch["images"].shape == (16, 8, 8, 1) and batch["images"].dtype == np.float32
   np.testing.assert_array_equal(batch["weights"], np.ones(16, np.float32))
   np.testing.assert_array_equal(
-      batch["images"], task.train_set.images[task.train_order.train_indices(0)])
+      batch["images"], task.train_set.images[task.batches.train_order.train_indices(0)])
   np.testing.assert_array_equal(task.train_batch(0)["images"], batch["images"])
   assert not np.array_equal(task.train_batch(1)["images"], batch["images"])
   assert task.tokens_per_step() == 16
@@ -210,8 +210,8 @@ def test_features_are_pooled_whatever_the_chunking(task, params):
 
 
 def test_config_mistakes_are_one_line_errors():
-  with pytest.raises(UserError, match=r"config.model.image_size=16, but the data's images "
-                                      r"have image_size=8"):
+  with pytest.raises(UserError, match=r"config.model.image_size=16, but the data "
+                                      r"has image_size=8"):
     mae_task.MAETask(mae_config(model__image_size=16), None)
   with pytest.raises(UserError, match=r"config.model.channels=3, .* channels=1"):
     mae_task.MAETask(mae_config(model__channels=3), None)

@@ -86,3 +86,27 @@ def test_weight_decay_mask_is_by_name_not_rank():
   mask = optimizer.weight_decay_mask(params)
   assert mask == {"qkv": {"kernel": True, "bias": False}, "layers": {"ln_1": {"scale": False}},
                   "wte": {"embedding": True}, "wpe": True}
+
+
+def test_layer_decay_scales_each_update_by_its_depth():
+  """decay^(deepest - depth): the head at the full rate, stacked layers per slice."""
+  params = {"embed": np.ones((2, 2), np.float32), "head": np.ones((2, 2), np.float32),
+            "stacked": np.ones((3, 2), np.float32)}
+  depths = {"embed": 0, "head": 4, "stacked": np.arange(1, 4)}
+  tx = optimizer.make_optimizer(
+      optim_config(lr=0.1, warmup_steps=0, decay="constant", weight_decay=0.0, clip_norm=0.0,
+                   layer_decay=0.5), 10, (lambda names: depths[names[0]], 4))
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  step = float(updates["head"][0, 0])  # Adam's first step: -lr * sign(grad)
+  assert step == pytest.approx(-0.1, rel=1e-3)
+  np.testing.assert_allclose(updates["embed"], step / 16, rtol=1e-6)
+  np.testing.assert_allclose(updates["stacked"][:, 0], step * np.array([1 / 8, 1 / 4, 1 / 2]),
+                             rtol=1e-6)
+
+
+def test_layer_decay_needs_a_layer_order_and_a_sane_value():
+  with pytest.raises(UserError, match="has no layer order"):
+    optimizer.make_optimizer(optim_config(layer_decay=0.75), 10)
+  with pytest.raises(UserError, match=r"layer_decay=1.5 must be in \(0, 1\]"):
+    optimizer.make_optimizer(optim_config(layer_decay=1.5), 10, (lambda names: 0, 1))

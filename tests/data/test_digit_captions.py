@@ -1,0 +1,51 @@
+"""Digit captions: reproducible from (seed, index), several phrasings, each naming its digit."""
+
+import numpy as np
+import pytest
+
+from genvis.data import digit_captions
+from genvis.errors import UserError
+
+LABELS = np.arange(200, dtype=np.int32) % 10
+
+
+def test_same_seed_same_captions_other_seed_differs():
+  a = digit_captions.digit_captions(LABELS, seed=0)
+  assert a == digit_captions.digit_captions(LABELS, seed=0)
+  assert a != digit_captions.digit_captions(LABELS, seed=1)
+
+
+def test_caption_i_depends_only_on_seed_and_index():
+  full = digit_captions.digit_captions(LABELS, seed=3)
+  assert digit_captions.digit_captions(LABELS[:17], seed=3) == full[:17]
+  assert full[42] == digit_captions.caption_for(
+      int(LABELS[42]), digit_captions.phrasing_index(3, 42))
+
+
+def test_every_phrasing_is_used_and_every_caption_names_its_digit():
+  captions = digit_captions.digit_captions(LABELS, seed=0)
+  used = {digit_captions.phrasing_index(0, i) for i in range(len(LABELS))}
+  assert used == set(range(len(digit_captions.PHRASINGS)))
+  assert len(set(captions)) > 20
+  for label, text in zip(LABELS, captions):
+    words = text.split()
+    names = {digit_captions.CLASS_NAMES[label], str(label)}
+    assert names & set(words), text
+    # No other digit is named.
+    others = set(digit_captions.CLASS_NAMES) | {str(d) for d in range(10)}
+    assert not (others - names) & set(words), text
+
+
+def test_phrasings_and_articles():
+  assert digit_captions.caption_for(7, 0) == "a handwritten seven"
+  assert digit_captions.caption_for(7, 1) == "the digit 7"
+  assert digit_captions.caption_for(8, 3) == "an image of an 8"
+  assert digit_captions.caption_for(7, 3) == "an image of a 7"
+  assert digit_captions.CLASS_NAMES[0] == "zero" and len(digit_captions.CLASS_NAMES) == 10
+
+
+@pytest.mark.parametrize("labels, seed", [([3, 10], 0), ([-1], 0), ([[1]], 0),
+                                          ([1.5], 0), ([1], -1), ([1], True)])
+def test_bad_input_is_a_user_error(labels, seed):
+  with pytest.raises(UserError, match="digit_captions"):
+    digit_captions.digit_captions(labels, seed)
