@@ -16,7 +16,7 @@ Variants (comma-separated key=value after the colon):
          siglip (pairwise sigmoid, t = 10 and b = -10 at init).
 
 Recipe (the CLIP paper's at its sizes: AdamW with betas (0.9, 0.98), eps 1e-6, weight
-decay 0.2, cosine decay with warm-up, batch 32,768; here batch 256 on a CPU). The caption
+decay 0.2, cosine decay with warm-up, batch 32,768; here batch 128 on a CPU). The caption
 tokenizer is a byte-level BPE fitted on the training captions with at most
 config.model.vocab_size tokens (the text model's embedding table has that many rows).
 """
@@ -55,8 +55,7 @@ def get_config(arg=None):
 
   common = dict(loss=loss, eot_token_id=caption_tokens.END_ID)
   if size == "cpu":
-    c.model = clip.config_for("cpu", patch_size=cpu_patch, max_len=cpu_tokens, vocab_size=1024,
-                              **common)
+    c.model = clip.config_for("cpu", patch_size=cpu_patch, max_len=cpu_tokens, **common)
   elif size in PAPER_SIZES:
     c.model = clip.config_for(size, vocab_size=49408, **common)
     c.data.resolution = c.model.image_size

@@ -15,11 +15,12 @@ Variants (comma-separated key=value after the colon):
   recipe = scratch (supervised training from random weights) or finetune (MAE's end-to-end
          fine-tuning: layer-wise lr decay; set --config.init_from to the pre-training run).
 
-The paper sizes follow MAE's appendix A: fine-tuning with batch 1024, base lr 5e-4 per 256
-images, layer decay 0.65 (B) or 0.75 (L, H), 100 (B) or 50 epochs with 5 of warm-up, weight
-decay 0.05, label smoothing 0.1; from scratch (its "improved recipe" for ViT-B/L): batch
-4096, base lr 1e-4, weight decay 0.3, 300 epochs with 20 of warm-up. Not implemented here:
-drop path, mixup and cutmix, RandAugment.
+The paper sizes follow MAE's appendix A: fine-tuning with batch 1024, base lr per 256 images
+5e-4 (B) or 1e-3 (L, H), layer decay 0.65 (B) or 0.75 (L, H), 100 (B) or 50 (L, H) epochs
+with 5 of warm-up, weight decay 0.05, label smoothing 0.1; from scratch (its "improved
+recipe"): batch 4096, base lr 1e-4, weight decay 0.3, 300 (B) or 200 (L, H) epochs with 20
+of warm-up. Ti and S take B's recipes. Not implemented here: drop path, mixup and cutmix,
+RandAugment.
 """
 
 from genvis import config_lib
@@ -38,10 +39,13 @@ _CPU_RECIPES = {
     "scratch": (dict(lr=1e-3, layer_decay=1.0), 1500),
     "finetune": (dict(lr=1e-3, layer_decay=0.75), 600),
 }
-# recipe -> (batch, base lr per 256 images, weight decay, epochs, warm-up epochs).
+# (recipe, size) -> (batch, base lr per 256 images, weight decay, epochs, warm-up epochs,
+# layer decay); MAE's appendix A.1-A.2. Ti and S (not in MAE) take B's recipe.
 _PAPER_RECIPES = {
-    "scratch": (4096, 1e-4, 0.3, 300, 20),
-    "finetune": (1024, 5e-4, 0.05, 100, 5),
+    ("scratch", "B"): (4096, 1e-4, 0.3, 300, 20, 1.0),
+    ("scratch", "L"): (4096, 1e-4, 0.3, 200, 20, 1.0),
+    ("finetune", "B"): (1024, 5e-4, 0.05, 100, 5, 0.65),
+    ("finetune", "L"): (1024, 1e-3, 0.05, 50, 5, 0.75),
 }
 
 
@@ -74,11 +78,11 @@ def get_config(arg=None):
     c.train.steps = steps
     c.optim.update(warmup_steps=steps // 20, **optim)
   else:
-    batch, base_lr, weight_decay, epochs, warmup = _PAPER_RECIPES[recipe]
+    family = "L" if size[0] in "LH" else "B"
+    batch, base_lr, weight_decay, epochs, warmup, layer_decay = _PAPER_RECIPES[recipe, family]
     steps_per_epoch = IMAGENET_TRAIN // batch
     c.data.update(batch_size=batch, resolution=PAPER_RESOLUTION, flip=True)
     c.train.steps = epochs * steps_per_epoch
-    layer_decay = 1.0 if recipe == "scratch" else 0.65 if size.startswith("B") else 0.75
     c.optim.update(lr=base_lr * batch / 256, weight_decay=weight_decay, clip_norm=0.0,
                    warmup_steps=warmup * steps_per_epoch, layer_decay=layer_decay)
     if recipe == "scratch":

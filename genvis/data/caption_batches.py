@@ -12,7 +12,7 @@ caption that a generator seeded with (seed, step) draws for r, uniformly among i
 captions. An image is seen once per epoch, so each epoch pairs it with a fresh draw, and the
 choice is the same on every process and on resume. Held-out batches use each image's first
 caption (a fixed, comparable validation loss); retrieval uses all of them
-(`retrieval_captions`).
+(`retrieval_captions`, with `retrieval_text_keys` marking repeated caption texts).
 
 `caption_ids` (the `caption_ids` argument of `genvis.nn.contrastive`): rows with equal ids are
 interchangeable positives, so the loss never treats one as the other's negative (CLIP masks
@@ -130,6 +130,13 @@ class CaptionBatches:
     captions = self.test_captions
     owners = np.repeat(np.arange(len(captions.counts)), captions.counts)
     return captions.tokens, owners
+
+  def retrieval_text_keys(self) -> np.ndarray:
+    """int64 [M], one per row of `retrieval_captions()`: equal exactly where the token rows
+    are, i.e. where the text encoder sees the same caption (digits repeat ~60 strings over
+    the test split). Pass as `retrieval.recall_at_k(..., text_keys=...)`, so a retrieved copy
+    of the right caption text counts as a hit whichever image owns it."""
+    return self.test_captions.text_keys.astype(np.int64)
 
 
 def match_groups(text_keys, image_keys) -> np.ndarray:

@@ -10,7 +10,10 @@ row has exactly one EOT, at position min(len + 1, max_len - 1); the text encoder
 CLIP's) reads the caption's feature there: `jnp.argmax(tokens == END_ID, axis=-1)`.
 
 Special tokens take the first ids, so they do not move when the vocabulary grows: PAD = 0 (a
-zero-filled array is padding; attention masks are `tokens != PAD_ID`), SOT = 1, EOT = 2.
+zero-filled array is padding; attention masks are `tokens != PAD_ID`), SOT = 1, EOT = 2. Only
+the format places them: a caption that contains their text ("a red <|endoftext|> circle",
+scraped web captions do) is encoded as ordinary bytes, never as a special id, or the row would
+hold two EOTs (EOT pooling reads the first) or a PAD inside the caption.
 
 Normalisation (`normalise`): lower case, runs of whitespace collapsed to one space, ends
 stripped, as CLIP's `basic_clean` + `whitespace_clean` + `lower`. It is applied before BPE is
@@ -55,6 +58,9 @@ class CaptionTokenizer:
       if found_id != expected_id:
         raise UserError(f"{source} is not a caption tokenizer: it lacks {token!r} at id "
                         f"{expected_id}; use a new workdir")
+    # A tokenizer setting that tokenizer.json does not keep, so it is set here, on every fit
+    # and every reload.
+    bpe.match_special_tokens(False)
     self.bpe = bpe
 
   @property

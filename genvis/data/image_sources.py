@@ -254,7 +254,9 @@ def _load_digits(settings: dict, split: str) -> ImageDataset:
                       name="digits")
 
 
-def _load_scenes(settings: dict, split: str) -> ImageDataset:
+def _scenes_split(settings: dict, split: str) -> tuple[int, int, str]:
+  """(count after max_examples, index of the first scene, scenes sequence) of a scenes split:
+  where its images lie in the `(dataset_seed, sequence)` sequences of genvis.data.scenes."""
   counts = {"train": settings["scenes_train"], "test": settings["scenes_test"],
             "heldout": settings["scenes_heldout"]}
   if split not in counts:
@@ -263,22 +265,53 @@ def _load_scenes(settings: dict, split: str) -> ImageDataset:
   if settings["scenes_train"] > SCENES_TEST_START:
     raise UserError(f"config.data.scenes_train={settings['scenes_train']} would overlap the "
                     f"test images, which start at index {SCENES_TEST_START}")
+  if not 1 <= settings["scenes_max_objects"] <= scenes_lib.MAX_OBJECTS:
+    raise UserError(f"config.data.scenes_max_objects={settings['scenes_max_objects']}: "
+                    f"expected 1..{scenes_lib.MAX_OBJECTS}")
+  return (_head(counts[split], settings), SCENES_TEST_START if split == "test" else 0,
+          "heldout" if split == "heldout" else "train")
+
+
+def scenes_attribute_labels(data_config, split: str) -> dict[str, np.ndarray]:
+  """Every attribute label of every object in the scenes `load_image_dataset(data_config,
+  split)` returns (its `labels` hold one attribute of the first object only), without
+  rendering: the scenes are re-drawn at the same indices, so row i describes image i.
+
+  Returns:
+    scenes.make_scenes' "labels": "shape", "colour", "size", "position" int32
+    [N, scenes_max_objects] (-1 past a scene's last object) and "num_objects" int32 [N].
+
+  Raises:
+    UserError: config.data.source is not "scenes", the split is unknown or has no images.
+  """
+  settings = _settings(data_config)
+  if settings["source"] != "scenes":
+    raise UserError(f"config.data.source={settings['source']!r}: scenes attribute labels need "
+                    "source 'scenes'")
+  num, start, sequence = _scenes_split(settings, split)
+  if num == 0:
+    raise UserError(f"scenes split {split!r} has no images (config.data.scenes_{split}=0)")
+  seed, max_objects = settings["dataset_seed"], settings["scenes_max_objects"]
+  per_image = [scenes_lib.scene_labels(scenes_lib.scene_at(seed, start + i, sequence,
+                                                           max_objects), max_objects)
+               for i in range(num)]
+  return {name: np.stack([labels[name] for labels in per_image])
+          for name in (*SCENES_LABELS, "num_objects")}
+
+
+def _load_scenes(settings: dict, split: str) -> ImageDataset:
+  num, start, sequence = _scenes_split(settings, split)
   resolution = settings["resolution"] or SCENES_DEFAULT_RESOLUTION
   if not 8 <= resolution <= 1024:
     raise UserError(f"config.data.resolution={resolution}: scenes are rendered at 8..1024 px "
                     "(0: 32)")
-  if not 1 <= settings["scenes_max_objects"] <= scenes_lib.MAX_OBJECTS:
-    raise UserError(f"config.data.scenes_max_objects={settings['scenes_max_objects']}: "
-                    f"expected 1..{scenes_lib.MAX_OBJECTS}")
   label_name = settings["scenes_label"]
   if label_name not in (*SCENES_LABELS, "none"):
     raise UserError(f"config.data.scenes_label={label_name!r}: expected one of "
                     f"{', '.join(SCENES_LABELS)} or none")
   scenes = scenes_lib.make_scenes(
-      _head(counts[split], settings), seed=settings["dataset_seed"],
-      split="heldout" if split == "heldout" else "train",
-      resolution=resolution, max_objects=settings["scenes_max_objects"],
-      start=SCENES_TEST_START if split == "test" else 0)
+      num, seed=settings["dataset_seed"], split=sequence, resolution=resolution,
+      max_objects=settings["scenes_max_objects"], start=start)
   images = image_preprocess.set_channels(scenes["images"], settings["channels"])
   if label_name == "none":
     return ImageDataset(images=images, captions=scenes["captions"], name="scenes")

@@ -86,6 +86,12 @@ class BPETokenizer:
     """One int32 id array per text (short texts such as captions, encoded in parallel)."""
     return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(list(texts))]
 
+  def match_special_tokens(self, match: bool):
+    """Whether a special token's text inside encoded text ("a <|endoftext|> b") becomes its
+    special id (the default: GPT-2 data marks document ends so) or is encoded as ordinary
+    text (captions, whose format places the specials itself). Not saved with the tokenizer."""
+    self._tokenizer.encode_special_tokens = not match
+
   def token_id(self, token: str) -> int:
     """The id of a special token, e.g. END_OF_TEXT."""
     token_id = self._tokenizer.token_to_id(token)

@@ -50,7 +50,8 @@ def _check(x0: jax.Array, reduce: str, where: str):
 def dsm_per_example(sde: SDE, score_fn: ScoreFn, x0: jax.Array, t: jax.Array,
                     noise: jax.Array, *, weighting: str = "score_matching",
                     reduce: str = "mean") -> jax.Array:
-  """The denoising score-matching loss of each example at given t [B] and z [B, ...]: [B]."""
+  """The denoising score-matching loss of each example at given t [B] and z [B, ...]: [B].
+  t must be > 0 where the SDE's std vanishes at 0 (VP, sub-VP): the loss divides by it."""
   _check(x0, reduce, "dsm_loss")
   if weighting not in WEIGHTINGS:
     raise UserError(f"dsm_loss: weighting={weighting!r}, expected one of {WEIGHTINGS}")
@@ -66,12 +67,14 @@ def dsm_per_example(sde: SDE, score_fn: ScoreFn, x0: jax.Array, t: jax.Array,
 def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: jax.Array, rng: jax.Array, *,
              weighting: str = "score_matching", reduce: str = "mean",
              eps: float = 1e-5) -> jax.Array:
-  """Continuous-time DSM, t ~ U(eps, T) per example; the batch mean (a scalar)."""
+  """Continuous-time DSM, t ~ U(eps, T) per example (0 < eps < T); the batch mean (a scalar)."""
   _check(x0, reduce, "dsm_loss")
   if weighting not in WEIGHTINGS:
     raise UserError(f"dsm_loss: weighting={weighting!r}, expected one of {WEIGHTINGS}")
-  if not 0 <= eps < sde.T:
-    raise UserError(f"dsm_loss: eps={eps} must be in [0, T={sde.T})")
+  # eps > 0: VP's and sub-VP's std vanishes at t = 0, where the likelihood weighting's
+  # noise / std and a scale-by-sigma network's division by std are infinite.
+  if not 0 < eps < sde.T:
+    raise UserError(f"dsm_loss: eps={eps} must be in (0, T={sde.T})")
   t_rng, noise_rng = jax.random.split(rng)
   t = jax.random.uniform(t_rng, (x0.shape[0],), minval=eps, maxval=sde.T)
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
@@ -119,7 +122,8 @@ def flow_matching_loss(flow: RectifiedFlow, velocity_fn: Callable, x0: jax.Array
   """Rectified-flow regression of the velocity z - x0 at x_t = (1 - t) x0 + t z.
 
   time_sampling "logit_normal" draws t = sigmoid(n), n ~ N(0, 1): SD3's choice, which puts
-  more steps in the middle of the path, where the velocity is hardest to predict.
+  more steps in the middle of the path, where the velocity is hardest to predict. Unlike
+  dsm_loss it needs no eps: t = 0 is harmless, as the target z - x0 divides by nothing.
   """
   _check(x0, reduce, "flow_matching_loss")
   if not isinstance(flow, RectifiedFlow):

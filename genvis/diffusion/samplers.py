@@ -20,19 +20,23 @@ the whole batch); `num_snapshots=K` keeps K states, x_T first and the result las
 trajectory pictures.
 
 Time grid. The PC samplers follow score_sde: the score is evaluated at N times
-t_i = T - i (T - eps) / (N - 1), i = 0..N-1, and step i goes from t_i to t_{i+1}, with
-t_N = 0 (the last step, from eps, denoises). The ODE samplers integrate from T to eps.
+t_i = t_0 - i (t_0 - eps) / (N - 1), i = 0..N-1, and step i goes from t_i to t_{i+1}, with
+t_N = 0 (the last step, from eps, denoises). t_0 = `sde.sampling_start` is T, except for
+rectified flow: its kernel forgets x_0 at T (a(T) = 0), so no score-driven step can start
+there, and its grid starts at T - end_gap (sde.py). The ODE samplers integrate from T to eps.
 
 Discretisation on any grid. score_sde's reverse-diffusion and ancestral steps are tied to
-the SDE's own N = num_scales grid (SMLD for VE, DDPM for VP: `SDE.discretize` ignores dt).
-Here both use the exact Gaussian transition of the linear SDE over the sampler's own step
-[s, t]: x_t | x_s ~ N(a_ts x_s, v_ts I) with a_ts = a(t) / a(s) and v_ts = s(t)^2 -
-a_ts^2 s(s)^2 (a, s: `SDE.marginal_prob`'s mean coefficient and std). For VE that is SMLD's
+the SDE's own N = num_scales grid (SMLD for VE, DDPM for VP, through score_sde's
+`discretize`, which genvis does not have). Here both use the exact Gaussian transition of
+the linear SDE over the sampler's own step [s, t]: x_t | x_s ~ N(a_ts x_s, v_ts I) with
+a_ts = a(t) / a(s) and v_ts = s(t)^2 - a_ts^2 s(s)^2 (a, s: `SDE.marginal_prob`'s mean
+coefficient and std). For VE that is SMLD's
 sigma_t^2 - sigma_s^2 and for VP DDPM's beta = 1 - alpha-bar_t / alpha-bar_s, so on the
 num_scales grid they are score_sde's steps (DDPM's beta_i up to O(1/N^2)), and on any other
 grid they stay consistent, so the step count is free. t = 0 means clean data: s(0) = 0
 (VE's marginal std would be sigma_min there; SMLD's chain ends at sigma = 0). The grid is
-score_sde's up to the eps offset, so with N = num_scales the steps match its samplers.
+score_sde's up to the eps offset, so with N = num_scales the steps match its samplers
+(tests/diffusion/test_samplers.py holds the reverse-diffusion step to SMLD's and DDPM's).
 
 A score function is `score_fn(x [B, ...], t [B]) -> [B, ...]`. The samplers hand it to jit
 as a pytree, and jit keys its cache on a plain function's identity: build the function once,
@@ -194,12 +198,13 @@ def _pc_sample(sde, score_fn, rng, num_steps, snr, n_corrector_steps, eps, *, sh
   prior_rng, loop_rng = jax.random.split(rng)
   x = sde.prior_sample(prior_rng, shape)
   batch = shape[0]
-  spacing = (sde.T - eps) / jnp.maximum(num_steps - 1, 1)
+  start = sde.sampling_start  # T, or rectified flow's T - end_gap (module docstring)
+  spacing = (start - eps) / jnp.maximum(num_steps - 1, 1)
   predict, predictor_nfe = PREDICTORS[predictor]
   correct = CORRECTORS[corrector]
 
   def time(i):  # [B]; t_N = 0
-    return jnp.where(i < num_steps, sde.T - i * spacing, 0.0) * jnp.ones((batch,), x.dtype)
+    return jnp.where(i < num_steps, start - i * spacing, 0.0) * jnp.ones((batch,), x.dtype)
 
   def apply_constraint(x, x_mean, t, rng):
     if constrain is None:
@@ -287,6 +292,9 @@ def pc_sampler(sde: SDE, score_fn, shape, rng, num_steps, *, predictor="reverse_
   if _concrete(snr) is not None and not _concrete(snr) > 0:
     raise UserError(f"snr={snr}: the Langevin signal-to-noise ratio must be > 0")
   shape, num_steps, eps = check_common(sde, shape, num_steps, eps, 2, num_snapshots)
+  if _concrete(eps) is not None and not _concrete(eps) < sde.sampling_start:
+    raise UserError(f"eps={eps}: the PC grid runs from {type(sde).__name__}.sampling_start="
+                    f"{sde.sampling_start} down to eps, so eps must be below it")
   return _pc_sample(sde, as_score_pytree(score_fn), rng, num_steps, snr, n_corrector_steps,
                     eps, shape=shape, predictor=predictor, corrector=corrector,
                     denoise=bool(denoise), num_snapshots=int(num_snapshots),

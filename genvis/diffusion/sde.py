@@ -23,14 +23,18 @@ variance's derivative enters the Fokker-Planck equation).
 
 Conventions (shared with genvis/diffusion/samplers.py, losses.py, likelihood.py):
 - `x` is batch-first [B, ...]; `t` is a float array [B] (one time per example);
-- `sde(x, t)` -> (drift [B, ...], diffusion [B]); `discretize(x, t, dt)` -> (f, G) with
-  x_{i+1} = x_i + f + G z, dt > 0 the step's length (the SMLD / DDPM overrides of VE and VP
-  ignore dt and use their `num_scales` grid, as in score_sde);
+- `sde(x, t)` -> (drift [B, ...], diffusion [B]);
 - `eps` is the smallest time samplers stop at (score_sde: 1e-5 for VE, 1e-3 for VP and
   sub-VP, whose std vanishes at t = 0); losses and likelihoods take their own eps (1e-5);
+  `sampling_start` is the largest time the PC samplers read the score at (T, except for
+  rectified flow: see there);
 - discrete time steps: step i of N = `num_scales` sits at t_i = i T / (N - 1), and
   `timestep_index(t)` rounds back (rounding, not score_sde's truncation, so t_i maps to i
-  despite float error).
+  despite float error). The discrete chains (SMLD's `discrete_sigmas` for VE, DDPM's
+  `discrete_betas` / `alphas_cumprod` for VP) serve the discrete losses (losses.py). The
+  samplers do not use score_sde's `discretize`: their steps come from `marginal_prob`'s exact
+  Gaussian transition over their own grid, which on the N-step grid is SMLD's / DDPM's step
+  (samplers.py, tested there against those chains).
 
 The classes are frozen dataclasses: hashable, so jit can take them as static arguments.
 """
@@ -73,13 +77,18 @@ class SDE(abc.ABC):
   """dx = f(x, t) dt + g(t) dw on t in [0, T], linear in x (Gaussian kernels)."""
 
   # Keyword-only, so that subclasses' own fields come first: VESDE(0.01, 50, 1000). Each
-  # subclass declares `num_scales` (N, the steps of its SMLD / DDPM discretisation) last.
+  # subclass declares `num_scales` (N, the steps of its discrete-time grid) last.
   T: float = dataclasses.field(default=1.0, kw_only=True)
 
   @property
   def eps(self) -> float:
     """Smallest time samplers stop at (score_sde's sampling_eps)."""
     return 1e-3
+
+  @property
+  def sampling_start(self) -> float:
+    """Largest time the PC samplers read the score and the kernel at: their grid's top."""
+    return self.T
 
   @abc.abstractmethod
   def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -100,11 +109,6 @@ class SDE(abc.ABC):
   def prior_logp(self, z: jax.Array) -> jax.Array:
     """log-density of the prior at z [B, ...], summed over all dims but the batch's: [B]."""
     return _standard_normal_logp(z, self.prior_std())
-
-  def discretize(self, x: jax.Array, t: jax.Array, dt: float) -> tuple[jax.Array, jax.Array]:
-    """Euler-Maruyama: x_{i+1} = x_i + f dt + g sqrt(dt) z, as (f dt [B, ...], g sqrt(dt) [B])."""
-    drift, diffusion = self.sde(x, t)
-    return drift * dt, diffusion * jnp.sqrt(dt)
 
   def timestep_index(self, t: jax.Array) -> jax.Array:
     """Index i in 0..N-1 of the discrete step nearest t (t_i = i T / (N - 1)), int32 [B]."""
@@ -135,8 +139,7 @@ class SDE(abc.ABC):
 class ReverseSDE:
   """dx = [f - g^2 s] dt + g dw-bar, run from T down to 0 (dt < 0 in an Euler step); with
   probability_flow, the ODE dx = [f - g^2 s / 2] dt with no noise (Song et al. 2021, eq. 6
-  and 13). `discretize` gives the reverse-diffusion predictor's step: with (f, G) the forward
-  discretisation, x_{i-1} = x_i - (f - G^2 s) + G z (G^2 s / 2 and no noise for the ODE)."""
+  and 13)."""
 
   forward: SDE
   score_fn: ScoreFn
@@ -158,12 +161,6 @@ class ReverseSDE:
     g2 = broadcast_to_data(jnp.square(diffusion), x)
     drift = drift - g2 * self.score_fn(x, t) * self._score_weight()
     return drift, jnp.zeros_like(diffusion) if self.probability_flow else diffusion
-
-  def discretize(self, x: jax.Array, t: jax.Array, dt: float) -> tuple[jax.Array, jax.Array]:
-    f, big_g = self.forward.discretize(x, t, dt)
-    rev_f = f - broadcast_to_data(jnp.square(big_g), x) * self.score_fn(x, t) * (
-        self._score_weight())
-    return rev_f, jnp.zeros_like(big_g) if self.probability_flow else big_g
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,15 +202,6 @@ class VESDE(SDE):
   def prior_std(self) -> float:
     return self.sigma_max
 
-  def discretize(self, x, t, dt):
-    """SMLD: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (sigma_{-1} = 0); dt unused."""
-    check_times(x, t, "VESDE.discretize")
-    index = self.timestep_index(t)
-    sigmas = self.discrete_sigmas()
-    sigma = sigmas[index]
-    previous = jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
-    return jnp.zeros_like(x), jnp.sqrt(sigma**2 - previous**2)
-
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE(SDE):
@@ -229,6 +217,10 @@ class VPSDE(SDE):
     if not 0 <= self.beta_min < self.beta_max:
       raise UserError(f"{type(self).__name__} needs 0 <= beta_min < beta_max, got beta_min="
                       f"{self.beta_min}, beta_max={self.beta_max}")
+    self._check_ddpm_betas()
+
+  def _check_ddpm_betas(self):
+    """DDPM's chain (ddpm_loss) needs every beta_i = beta(t_i) / N below 1."""
     if self.beta_max >= self.num_scales:
       raise UserError(f"{type(self).__name__}: beta_max={self.beta_max} with num_scales="
                       f"{self.num_scales} makes DDPM's last beta_max / N >= 1; use more scales")
@@ -266,20 +258,15 @@ class VPSDE(SDE):
   def prior_std(self) -> float:
     return 1.0
 
-  def discretize(self, x, t, dt):
-    """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z; dt unused."""
-    check_times(x, t, "VPSDE.discretize")
-    beta = jnp.asarray(self.discrete_betas(), jnp.float32)[self.timestep_index(t)]
-    beta_x = broadcast_to_data(beta, x)
-    f = -beta_x / (1.0 + jnp.sqrt(1.0 - beta_x)) * x  # = (sqrt(1 - beta) - 1) x, no cancelling
-    return f, jnp.sqrt(beta)
-
 
 @dataclasses.dataclass(frozen=True)
 class SubVPSDE(VPSDE):
   """sub-VP: the VP drift with diffusion^2 = beta(t) (1 - e^{-2 B(t)}), so the variance
-  (1 - e^{-B})^2 stays below VP's (1 - e^{-B}) (Song et al. 2021, eq. 29). Euler-Maruyama
-  discretisation."""
+  (1 - e^{-B})^2 stays below VP's (1 - e^{-B}) (Song et al. 2021, eq. 29). It has no DDPM
+  chain (ddpm_loss refuses it), so VP's discrete betas are not its concern."""
+
+  def _check_ddpm_betas(self):
+    """No DDPM chain, so nothing to check: any num_scales >= 2 will do."""
 
   def marginal_prob(self, x0, t):
     check_times(x0, t, "SubVPSDE.marginal_prob")
@@ -290,9 +277,6 @@ class SubVPSDE(VPSDE):
     drift, vp_diffusion = super().sde(x, t)
     # 1 - e^{-2B} = 1 - e^{4 log a}
     return drift, vp_diffusion * jnp.sqrt(-jnp.expm1(4 * self.log_mean_coeff(t)))
-
-  def discretize(self, x, t, dt):
-    return SDE.discretize(self, x, t, dt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +290,11 @@ class RectifiedFlow(SDE):
   `velocity_from_score` read t as min(t, 1 - `end_gap`): over the last `end_gap` the velocity
   changes by O(end_gap), so an ODE integral to t = 1 moves by O(end_gap^2) (~1e-6);
   `reverse` reads the score at the capped time too.
+  The PC samplers start their grid at `sampling_start` = 1 - end_gap for the same reason: at
+  t = 1 the kernel forgets x0 (a(1) = 0) and the score is -x whatever the data, so a step
+  through the denoised estimate x0_hat = (x + s^2 score) / a is 0 / 0 there (the ancestral
+  step gave NaN). From 1 - end_gap, x0_hat is finite (as from VP's T, where a = 0.0066), and
+  the prior N(0, I) stands in for p_{1 - end_gap}, which differs from it by O(end_gap).
   `score_from_velocity` divides by t: call it at t > 0.
   """
 
@@ -318,6 +307,10 @@ class RectifiedFlow(SDE):
       raise UserError(f"RectifiedFlow.T={self.T}: the straight path ends at the prior at T=1")
     if not 0 < self.end_gap < 0.5:
       raise UserError(f"RectifiedFlow.end_gap={self.end_gap} must be in (0, 0.5)")
+
+  @property
+  def sampling_start(self) -> float:
+    return 1.0 - self.end_gap
 
   def _capped(self, t):
     return jnp.minimum(t, 1.0 - self.end_gap)

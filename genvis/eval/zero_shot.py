@@ -16,6 +16,10 @@ best constant guess given the label counts) and the uniform 1 / C. Benchmarks re
 majority figure as "chance": on unbalanced splits (the scenes held-out split, a
 `max_examples` cut) 1 / C flatters a model that learnt only the label frequencies.
 
+Digits (genvis/data/digit_captions.py): the prompts are the training captions themselves,
+each phrasing with the word or the numeral as it was trained ("a handwritten seven", "the digit
+7"); a phrasing only ever seen with numerals is never filled with a word.
+
 Scenes (genvis/data/scenes.py): captions always name colour and shape together ("a red
 circle", "a small red circle at the top left"), never one alone. So a classifier for one
 attribute fills the scenes templates with every object phrase that has that attribute value
@@ -27,6 +31,7 @@ whether a model composes "red" and "triangle" it has only seen apart.
 """
 
 import numbers
+import string
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,14 +54,20 @@ GENERIC_TEMPLATES = (
     "a photo of a small {}.",
     "a photo of a large {}.",
 )
-# Filled with the digit words of `digit_captions.CLASS_NAMES`, in the captions' phrasing.
-DIGIT_TEMPLATES = (
-    "a handwritten {}",
-    "the digit {}",
-    "a picture of the number {}",
-    "the number {}",
-    "a handwritten digit {}",
-)
+
+
+def _word_templates(phrasings: Sequence[str]) -> tuple[str, ...]:
+  """The phrasings whose only field is {word}, as templates ("a handwritten {}")."""
+  return tuple(phrasing.replace("{word}", "{}") for phrasing in phrasings
+               if {field for _, field, _, _ in string.Formatter().parse(phrasing)
+                   if field is not None} == {"word"})
+
+
+# The digit captions' phrasings that name the digit by its word, as templates for the words of
+# `digit_captions.CLASS_NAMES`; derived from digit_captions.PHRASINGS, so they cannot drift
+# from what training saw. The digits' default classifier (`digit_prompts`) also uses the
+# phrasings that take the numeral ("the digit 7").
+DIGIT_TEMPLATES = _word_templates(digit_captions.PHRASINGS)
 # The single-object caption framings of scenes.py, filled with a noun phrase that carries its
 # own article ("an orange circle"), so no template has to guess "a" or "an".
 SCENES_TEMPLATES = (
@@ -209,6 +220,16 @@ def chance_level(labels, num_classes: int) -> dict:
   return {"majority": float(counts.max() / labels.size), "uniform": 1.0 / num_classes}
 
 
+# ---------------------------------------------------------------------------------- digits
+def digit_prompts(ensemble: bool = True) -> list[list[str]]:
+  """Prompts per digit class (0..9): the caption `digit_captions` writes for it in each of
+  its PHRASINGS, word or numeral as that phrasing has it ("a handwritten seven", "the digit
+  7"), so every prompt is a training caption; `ensemble=False`: the first phrasing only."""
+  phrasings = range(len(digit_captions.PHRASINGS) if ensemble else 1)
+  return [[digit_captions.caption_for(label, phrasing) for phrasing in phrasings]
+          for label in range(len(digit_captions.CLASS_NAMES))]
+
+
 # ---------------------------------------------------------------------------------- scenes
 def _object_phrase(colour: str, shape: str, size: str | None = None,
                    position: str | None = None) -> str:
@@ -261,38 +282,9 @@ def scenes_classifier(encode_texts: EncodeTexts, attribute: str,
 
 
 def scenes_split_labels(data_config, split: str) -> dict[str, np.ndarray]:
-  """Every attribute label of the scenes that `load_image_dataset(data_config, split)` returns.
-
-  `ImageDataset.labels` holds one attribute of the first object; zero-shot needs all of them.
-  The scenes are re-drawn with `scenes.scene_at` (no rendering), at the indices
-  image_sources uses, so row i describes image i of that dataset.
-
-  Returns:
-    scenes.make_scenes' "labels": "shape", "colour", "size", "position" int32
-    [N, max_objects] (-1 past a scene's last object) and "num_objects" [N].
-  """
-  defaults = image_sources.image_data_defaults()
-  provided = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
-  settings = {**defaults, **{k: v for k, v in provided.items() if k in defaults}}
-  counts = {"train": settings["scenes_train"], "test": settings["scenes_test"],
-            "heldout": settings["scenes_heldout"]}
-  if settings["source"] != "scenes" or split not in counts:
-    raise UserError(f"zero_shot: scenes labels need config.data.source='scenes' (got "
-                    f"{settings['source']!r}) and split train, test or heldout (got {split!r})")
-  num = counts[split]
-  if settings["max_examples"]:
-    num = min(num, settings["max_examples"])
-  if num == 0:
-    raise UserError(f"zero_shot: scenes split {split!r} has no images (config.data."
-                    f"scenes_{split}=0)")
-  start = image_sources.SCENES_TEST_START if split == "test" else 0
-  scene_split = "heldout" if split == "heldout" else "train"
-  max_objects = settings["scenes_max_objects"]
-  per_image = [scenes_lib.scene_labels(
-      scenes_lib.scene_at(settings["dataset_seed"], start + i, scene_split, max_objects),
-      max_objects) for i in range(num)]
-  return {name: np.stack([p[name] for p in per_image])
-          for name in (*SCENES_ATTRIBUTES, "num_objects")}
+  """Every attribute label of the scenes that `load_image_dataset(data_config, split)`
+  returns: `image_sources.scenes_attribute_labels`, which owns where a split's scenes lie."""
+  return image_sources.scenes_attribute_labels(data_config, split)
 
 
 def combo_labels(scene_labels: dict, slot: int = 0) -> np.ndarray:
@@ -361,15 +353,15 @@ def scenes_zero_shot(encode_texts: EncodeTexts, image_emb, scene_labels: dict,
 def dataset_classifier(encode_texts: EncodeTexts, dataset, ensemble: bool = True) -> np.ndarray:
   """The default zero-shot classifier for an `image_sources.ImageDataset`'s labels.
 
-  digits: the digit words in DIGIT_TEMPLATES; scenes: the labelled attribute (found from the
-  class names) via `scenes_classifier`; anything else: its class names in GENERIC_TEMPLATES.
+  digits: every training phrasing of each digit (`digit_prompts`); scenes: the labelled
+  attribute (found from the class names) via `scenes_classifier`; anything else: its class
+  names in GENERIC_TEMPLATES.
   """
   names = tuple(dataset.class_names)
   if not names:
     raise UserError(f"zero_shot: dataset {dataset.name!r} has no class_names to prompt with")
   if dataset.name == "digits":
-    return zero_shot_classifier(encode_texts, digit_captions.CLASS_NAMES, DIGIT_TEMPLATES,
-                                ensemble)
+    return classifier_from_prompts(encode_texts, digit_prompts(ensemble))
   if dataset.name == "scenes":
     for attribute, values in image_sources.SCENES_LABELS.items():
       if tuple(values) == names:

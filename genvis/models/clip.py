@@ -19,8 +19,8 @@ the task.
 EOT pooling: the text embedding is the final state at the end-of-text token, the only causal
 position that has read the whole caption. OpenAI's CLIP takes argmax(token ids), because its
 EOT (49407) is the largest id. A BPE tokenizer trained on captions need not give EOT the
-largest id (genvis's puts its only special token, <|endoftext|>, at id 0), so genvis pools at
-the *first* occurrence of `eot_token_id` (padding with the EOT id is then harmless), or at the
+largest id (genvis.data.caption_tokens gives it id 2), so genvis pools at the *first*
+occurrence of `eot_token_id` (padding with the EOT id is then harmless), or at the
 last position of a row without one (a caption cut at max_len). `eot_token_id=-1` selects
 OpenAI's argmax rule. Hugging Face parity: transformers' CLIPTextModel uses argmax when its
 config has the legacy eos_token_id == 2 (`eot_token_id=-1` here) and the first occurrence of
@@ -87,7 +87,7 @@ class CLIPConfig:
   vision_heads: int = 12
   vision_mlp_dim: int = 0  # 0: 4 * vision_d_model
   # Text tower.
-  vocab_size: int = 49408  # 0: taken from the tokenizer
+  vocab_size: int = 49408  # rows of the token embedding; a fitted tokenizer's budget
   max_len: int = 77  # context length (learned position embeddings)
   eot_token_id: int = 49407  # pool at its first occurrence; -1: at argmax(token ids)
   text_d_model: int = 512
@@ -121,8 +121,8 @@ class CLIPConfig:
         raise UserError(f"config.model.{side}_d_model={width} is not divisible by "
                         f"config.model.{side}_heads={heads}")
     if self.vocab_size < 1:
-      raise UserError(f"config.model.vocab_size={self.vocab_size}: set it to the tokenizer's "
-                      "vocabulary size (a config's 0 is filled in by the task)")
+      raise UserError(f"config.model.vocab_size={self.vocab_size} must be >= 1 (the caption "
+                      "tokenizer's size budget)")
     if not ARGMAX_EOT <= self.eot_token_id < self.vocab_size:
       raise UserError(f"config.model.eot_token_id={self.eot_token_id} is not a token id of "
                       f"the vocabulary of {self.vocab_size} (or -1: pool at the largest id)")
@@ -162,12 +162,12 @@ VARIANTS = {
     "B/16": dict(image_size=224, patch_size=16, **_B),
     "L/14": dict(image_size=224, patch_size=14, **_L),
     "L/14-336": dict(image_size=336, patch_size=14, **_L),
-    # A CPU size: 4 blocks of 128 per tower. The vocabulary comes from the tokenizer
-    # (vocab_size=0); genvis's BPE tokenizer gives <|endoftext|> id 0. Config files set
-    # image_size and patch_size for their data.
+    # A CPU size: 4 blocks of 128 per tower, a caption BPE vocabulary of at most 1,024
+    # tokens; EOT is genvis.data.caption_tokens.END_ID. Config files set image_size and
+    # patch_size for their data.
     "cpu": dict(embed_dim=64, image_size=32, patch_size=4, vision_d_model=128,
                 vision_layers=4, vision_heads=4, text_d_model=128, text_layers=4,
-                text_heads=4, vocab_size=0, max_len=32, eot_token_id=0),
+                text_heads=4, vocab_size=1024, max_len=32, eot_token_id=2),
 }
 _VARIANT_NAME = re.compile(r"^(?:clip-)?(?:vit-)?(.+)$", re.IGNORECASE)
 

@@ -17,10 +17,10 @@ Called from a parent module (`self.encoder.embed_patches(...)`) or through
 `model.apply(variables, x, method="encode")`. An MAE encoder built as a ViT submodule thus
 has exactly a ViT's parameter tree, which fine-tuning and probes load as they are.
 
-Parameters: patch_embed/{kernel [p*p*C, D], bias [D]}, cls_token [1, 1, D],
-pos_embedding [(1 +) N, D] (learned only; "sincos" is a constant), encoder/{[ln_pre], blocks/...
-(as GPT's, genvis/nn/transformer.py), ln_f}, pre_logits/{kernel, bias} (representation_size
-> 0), head/{kernel, bias} (num_classes > 0).
+Parameters: patch_embed/{kernel [p*p*C, D], bias [D] (unless patch_bias=False)},
+cls_token [1, 1, D], pos_embedding [(1 +) N, D] (learned only; "sincos" is a constant),
+encoder/{[ln_pre], blocks/... (as GPT's, genvis/nn/transformer.py), ln_f},
+pre_logits/{kernel, bias} (representation_size > 0), head/{kernel, bias} (num_classes > 0).
 
 Defaults follow the reference implementations (google-research/vision_transformer, timm,
 MAE): LayerNorm epsilon 1e-6 and the exact (erf) GELU of timm and Hugging Face. The original
@@ -41,7 +41,7 @@ from genvis.models.gpt import count_params  # noqa: F401  (re-exported: same for
 from genvis.nn import partitioning as P
 from genvis.nn.embeddings import sincos_2d
 from genvis.nn.patches import grid_size, patchify
-from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer
+from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer, stack_flops
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -261,12 +261,10 @@ def flops_per_image(config: ViTConfig) -> float:
   """Training FLOPs per image (forward + backward = 3 x forward, 2 FLOPs per multiply-add),
   counting the matmuls: patch embedding on N patches, the blocks on T tokens, attention
   scores and values (T^2 per layer), and the head once. Norms and biases are left out."""
-  d, t = config.d_model, config.num_tokens
-  d_attention = config.num_heads * config.attention_head_dim
-  block_weights = 4 * d * d_attention + 2 * d * config.hidden_dim  # qkv, out, fc, proj
+  d = config.d_model
   head_in = config.representation_size or d
   head_weights = config.representation_size * d + head_in * config.num_classes
   patch_weights = config.patch_size ** 2 * config.channels * d
-  forward = 2 * (patch_weights * config.num_patches + config.num_layers * block_weights * t
-                 + head_weights) + 4 * config.num_layers * d_attention * t * t
+  forward = (2 * (patch_weights * config.num_patches + head_weights)
+             + stack_flops(config, config.num_tokens))
   return 3.0 * forward

@@ -72,10 +72,11 @@ def initial_values(kind: str) -> tuple[float, float]:
 def clip_logit_scale(log_scale, max_scale: float = CLIP_MAX_SCALE):
   """min(exp(log_scale), max_scale): CLIP's clamp of the learnable temperature.
 
-  `jnp.minimum` passes no gradient to `log_scale` once exp(log_scale) exceeds the clip, so the
-  optimiser stops pushing the temperature up while it is clamped (CLIP clamps the parameter
-  in place instead; the effect on the loss is the same), and weight decay or a later gradient
-  of the opposite sign can still bring it back below the clip.
+  `jnp.minimum` passes no gradient to `log_scale` once exp(log_scale) exceeds the clip: the
+  scale then stays at exactly `max_scale`, and nothing brings the parameter back (it is not
+  weight-decayed, and Adam's momentum may carry it further up). OpenAI's CLIP clamps the
+  parameter itself after each step instead, so a later gradient could lower it again; the
+  two differ only after the clip is reached, where CLIP's temperature stays at 100 anyway.
   """
   return jnp.minimum(jnp.exp(log_scale), max_scale)
 

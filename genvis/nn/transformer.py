@@ -201,3 +201,12 @@ class TransformerStack(nn.Module):
     for i in range(cfg.num_layers):
       x, _ = block(cfg, self.train, self.decode, windows[i], name=f"layer_{i}")(x)
     return x
+
+
+def stack_flops(config: TransformerConfig, tokens: int) -> float:
+  """Forward FLOPs of `config`'s block stack on `tokens` tokens: the matmuls (qkv, out, fc,
+  proj) and the attention scores and values over all of them (dense); norms and biases left
+  out."""
+  d, d_attention = config.d_model, config.num_heads * config.attention_head_dim
+  weights = 4 * d * d_attention + 2 * d * config.hidden_dim
+  return config.num_layers * (2 * weights * tokens + 4 * d_attention * tokens * tokens)

@@ -22,7 +22,7 @@ class InitFromParts:
     exclude: names directly below the prefix that are not taken ("head": a classifier
       head trained for other classes).
     model_fields: the model config fields that must match the saved run's; None: every
-      field both record (runtime-only ones aside).
+      field either records (runtime-only ones aside).
   """
 
   source_prefix: str = ""
@@ -81,8 +81,9 @@ class Task(abc.ABC):
 
   def evaluators(self) -> dict[str, Callable[[Any], dict[str, float]]]:
     """Evaluations beyond the held-out loss (zero-shot, retrieval, ...): name -> a function
-    of the parameters returning scalar metrics, logged as val_<name>/<metric> at every eval.
-    They run on every process with the whole parameters; only process 0 writes logs."""
+    of the parameters returning scalar metrics, logged as val_<name>/<metric> at every eval
+    (`config.eval.num_batches` = 0 turns evaluation off, these included). They run on every
+    process with the whole parameters; only process 0 writes logs."""
     return {}
 
   def init_from_parts(self, saved_meta: dict) -> InitFromParts:

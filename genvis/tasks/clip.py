@@ -37,7 +37,9 @@ from genvis.errors import UserError
 from genvis.eval import retrieval, zero_shot
 from genvis.models import clip, vit
 from genvis.nn import contrastive
+from genvis.nn.transformer import stack_flops
 from genvis.tasks.base import Task
+from genvis.train.distributed import gather_to_host
 
 ENCODE_CHUNK = 256  # images or captions per compiled encoder call
 
@@ -61,6 +63,15 @@ class ContrastiveTask(Task):
     self.model_config = clip.CLIPConfig(**model.to_dict())
     self.model = clip.CLIP(self.model_config)
     self.sharded_loss = bool(config.clip.sharded_loss)
+    self.scenes = config.data.source == "scenes"
+    if self.scenes:  # every attribute of every object, for zero-shot; heldout split too
+      if config.data.scenes_heldout < 1:
+        raise UserError("config.data.scenes_heldout=0: zero-shot evaluation of the held-out "
+                        "colour-shape pairs needs held-out scenes")
+      self.heldout_set = image_sources.load_image_dataset(config.data, "heldout")
+      self.scene_labels = {split: image_sources.scenes_attribute_labels(config.data, split)
+                           for split in ("test", "heldout")}
+    self._embedded = (None, None)  # (params, test image embeddings) of the latest evaluation
 
   @property
   def tokenizer(self) -> caption_tokens.CaptionTokenizer:
@@ -91,11 +102,15 @@ class ContrastiveTask(Task):
     out = self.model.apply({"params": params}, batch["images"], batch["tokens"], train=train,
                            rngs={"dropout": rng}, method=_embed_and_scale)
     image_emb, text_emb, scale, bias = out
-    mesh = jax.sharding.get_abstract_mesh() if self.sharded_loss else None
+    mesh = None
+    if self.sharded_loss:
+      mesh = jax.sharding.get_abstract_mesh()
+      if mesh.empty:
+        raise UserError("config.clip.sharded_loss=True needs a mesh in scope (the trainer's "
+                        "sharding_context)")
     loss = contrastive.contrastive_loss(
         self.model_config.loss, image_emb, text_emb, scale, bias,
-        caption_ids=batch["caption_ids"], weights=batch["weights"],
-        mesh=None if mesh is None or mesh.empty else mesh)
+        caption_ids=batch["caption_ids"], weights=batch["weights"], mesh=mesh)
     metrics = {"loss": loss, "logit_scale": scale,
                "accuracy": _in_batch_accuracy(image_emb, text_emb, batch)}
     if bias is not None:
@@ -133,16 +148,31 @@ class ContrastiveTask(Task):
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
     return _chunked(_encoder(self.model, "encode_texts"), params, tokens)
 
+  def test_image_embeddings(self, params) -> np.ndarray:
+    """The test images' embeddings, computed once per evaluation: the evaluators are called
+    one after the other with the same parameters object."""
+    cached_params, embeddings = self._embedded
+    if cached_params is not params:
+      embeddings = self.encode_images(params, self.test_set.images)
+      self._embedded = (params, embeddings)
+    return embeddings
+
   def zero_shot_metrics(self, params) -> dict:
     """Zero-shot accuracy (and chance levels) with and without prompt ensembling."""
     encode_texts = functools.partial(self.encode_texts, params)
-    test_emb = self.encode_images(params, self.test_set.images)
+    test_emb = self.test_image_embeddings(params)
+    heldout_emb = self.encode_images(params, self.heldout_set.images) if self.scenes else None
     metrics = {}
     for mode, ensemble in (("ensemble", True), ("single", False)):
-      if self.config.data.source == "scenes":
-        labels = zero_shot.scenes_split_labels(self.config.data, "test")
-        found = zero_shot.scenes_zero_shot(encode_texts, test_emb, labels, ensemble=ensemble)
-        found.update(self._heldout_metrics(params, encode_texts, ensemble))
+      if self.scenes:
+        found = zero_shot.scenes_zero_shot(encode_texts, test_emb, self.scene_labels["test"],
+                                           ensemble=ensemble)
+        # The "heldout" split: the held-out colour-shape pair among all 24, and its colour
+        # and shape alone.
+        heldout = zero_shot.scenes_zero_shot(encode_texts, heldout_emb,
+                                             self.scene_labels["heldout"], ensemble=ensemble)
+        found.update({f"heldout_split/{k}": v for k, v in heldout.items()
+                      if k.split("/")[0] in ("heldout_combo", "colour", "shape")})
       elif self.test_set.labels is not None and self.test_set.class_names:
         classifier = zero_shot.dataset_classifier(encode_texts, self.test_set, ensemble)
         found = {"accuracy": zero_shot.zero_shot_accuracy(test_emb, classifier,
@@ -154,21 +184,14 @@ class ContrastiveTask(Task):
       metrics.update({f"{mode}/{k}": v for k, v in found.items()})
     return metrics
 
-  def _heldout_metrics(self, params, encode_texts, ensemble: bool) -> dict:
-    """Scenes' "heldout" split: the held-out colour–shape pair among all 24, and its colour
-    and shape alone."""
-    heldout = image_sources.load_image_dataset(self.config.data, "heldout")
-    labels = zero_shot.scenes_split_labels(self.config.data, "heldout")
-    found = zero_shot.scenes_zero_shot(encode_texts, self.encode_images(params, heldout.images),
-                                       labels, ensemble=ensemble)
-    return {f"heldout_split/{k}": v for k, v in found.items()
-            if k.split("/")[0] in ("heldout_combo", "colour", "shape")}
-
   def retrieval_metrics(self, params) -> dict:
     """Recall@1/5/10 both ways over every caption of the test split."""
     tokens, owners = self.batches.retrieval_captions()
-    return retrieval.recall_at_k(self.encode_images(params, self.test_set.images),
-                                 self.encode_tokens(params, tokens), owners)
+    # Identical captions (digits repeat ~60 phrasings) count as the same text: retrieving any
+    # copy of an image's caption is a hit.
+    return retrieval.recall_at_k(self.test_image_embeddings(params),
+                                 self.encode_tokens(params, tokens), owners,
+                                 text_keys=self.batches.retrieval_text_keys())
 
 
 def _embed_and_scale(module: clip.CLIP, images, tokens, *, train: bool):
@@ -201,7 +224,7 @@ def _chunked(encode, params, inputs: np.ndarray) -> np.ndarray:
     chunk = inputs[start:start + ENCODE_CHUNK]
     padding = ENCODE_CHUNK - len(chunk)
     chunk = np.pad(chunk, [(0, padding)] + [(0, 0)] * (chunk.ndim - 1))
-    outputs.append(np.asarray(encode(params, chunk))[:ENCODE_CHUNK - padding])
+    outputs.append(gather_to_host(encode(params, chunk))[:ENCODE_CHUNK - padding])
   return np.concatenate(outputs, axis=0)
 
 
@@ -209,10 +232,6 @@ def flops_per_pair(config: clip.CLIPConfig) -> float:
   """Training FLOPs per image–caption pair (3 x forward): the image tower as a headless
   ViT, the text tower's blocks on max_len tokens, both projections; the N x N similarities
   (2 * N * E per pair) are left out."""
-  text = config.text_config()
-  d, t = text.d_model, text.max_len
-  d_attention = text.num_heads * text.attention_head_dim
-  text_forward = text.num_layers * (2 * (4 * d * d_attention + 2 * d * text.hidden_dim) * t
-                                    + 4 * d_attention * t * t)
   projections = 2 * config.embed_dim * (config.vision_d_model + config.text_d_model)
+  text_forward = stack_flops(config.text_config(), config.max_len)
   return vit.flops_per_image(config.vision_config()) + 3.0 * (text_forward + projections)

@@ -35,8 +35,9 @@ from genvis.data.image_batches import ImageBatches
 from genvis.errors import UserError
 from genvis.models import mae, vit
 from genvis.nn.patches import patchify, unpatchify
-from genvis.nn.transformer import TransformerConfig
+from genvis.nn.transformer import stack_flops
 from genvis.sampling import image_grid
+from genvis.train.distributed import gather_to_host
 from genvis.tasks.base import Task
 
 # Evaluation masks do not depend on config.seed: runs with different seeds score the same
@@ -145,7 +146,7 @@ class MAETask(Task):
     cfg = self.model_config
     noise = jax.random.uniform(rng, (len(originals), self.num_patches))
     out = _forward(self.model)(params, jnp.asarray(originals), noise)
-    pred, mask = (np.asarray(_gather(out[k])) for k in ("pred", "mask"))
+    pred, mask = (gather_to_host(out[k]) for k in ("pred", "mask"))
     patches = np.asarray(patchify(jnp.asarray(originals, jnp.float32), cfg.patch_size))
     if cfg.norm_pix_loss:  # back to pixels with each target patch's own statistics
       mean = patches.mean(axis=-1, keepdims=True)
@@ -171,14 +172,8 @@ class MAETask(Task):
       chunk = images[start:start + batch_size]
       padding = batch_size - len(chunk)  # one compiled shape for every chunk
       chunk = np.pad(chunk, ((0, padding), (0, 0), (0, 0), (0, 0)))
-      features.append(np.asarray(_gather(pooled(params, chunk)))[:batch_size - padding])
+      features.append(gather_to_host(pooled(params, chunk))[:batch_size - padding])
     return np.concatenate(features, axis=0)
-
-
-def _gather(array):
-  """A (possibly multi-host sharded) array, whole on every process."""
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return multihost_utils.process_allgather(array, tiled=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -217,14 +212,6 @@ def resolve_model_config(config, image_shape) -> mae.MAEConfig:
   return mae.MAEConfig(**config.model.to_dict())
 
 
-def _stack_flops(config: TransformerConfig, tokens: int) -> float:
-  """Forward FLOPs of a block stack on `tokens` tokens: the matmuls (qkv, out, fc, proj)
-  and the attention scores and values; norms and biases left out."""
-  d, d_attention = config.d_model, config.num_heads * config.attention_head_dim
-  weights = 4 * d * d_attention + 2 * d * config.hidden_dim
-  return config.num_layers * (2 * weights * tokens + 4 * d_attention * tokens * tokens)
-
-
 def flops_per_image(config: mae.MAEConfig) -> float:
   """Training FLOPs per image (3 x forward): the patch embedding on all N patches, the
   encoder on the kept tokens (all N with the encoder's mask tokens), the decoder's input
@@ -236,6 +223,6 @@ def flops_per_image(config: mae.MAEConfig) -> float:
   projections = (config.patch_dim * config.d_model * config.num_patches
                  + config.d_model * config.decoder_d_model * encoder_tokens
                  + config.decoder_d_model * config.patch_dim * config.num_patches)
-  forward = (2 * projections + _stack_flops(config, encoder_tokens)
-             + _stack_flops(config.decoder_config(), decoder_tokens))
+  forward = (2 * projections + stack_flops(config, encoder_tokens)
+             + stack_flops(config.decoder_config(), decoder_tokens))
   return 3.0 * forward

@@ -47,3 +47,11 @@ def maybe_initialize(dist_config) -> bool:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   return True
+
+
+def gather_to_host(array):
+  """A (possibly multi-host sharded) jax.Array, whole, as numpy on every process: what
+  evaluation and picture code that leaves the jit world needs."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))

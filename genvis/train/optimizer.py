@@ -55,7 +55,7 @@ def scale_by_layer_decay(layer_of: Callable[[tuple[str, ...]], Any], deepest: in
     if depth.ndim and depth.shape != update.shape[:1]:
       raise ValueError(f"layer depths {depth.shape} for parameter {'/'.join(names)} "
                        f"{update.shape}: one per slice of its leading axis expected")
-    factor = np.power(decay, deepest - depth, dtype=np.float32)
+    factor = np.power(decay, deepest - depth, dtype=np.float32).astype(update.dtype)
     return update * factor.reshape(factor.shape + (1,) * (update.ndim - factor.ndim))
 
   def update_fn(updates, state, params=None):

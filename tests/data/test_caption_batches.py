@@ -13,6 +13,7 @@ import pytest
 from genvis.data import caption_batches, caption_tokens, digit_captions, image_sources
 from genvis.data import tokenizers
 from genvis.errors import UserError
+from genvis.eval import retrieval
 
 MAX_LEN = 8
 VOCAB_SIZE = 400
@@ -79,6 +80,22 @@ def test_truncation_keeps_the_end_of_text_token(tokenizer):
   np.testing.assert_array_equal(rows[0, 1:-1], full[:MAX_LEN - 2])
   with pytest.raises(UserError, match="max_len=1"):
     tokenizer.encode(["x"], 1)
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_special_token_text_in_a_caption_is_ordinary_text(tokenizer, tmp_path, reload):
+  if reload:  # tokenizer.json does not keep the setting: a reloaded tokenizer needs it too
+    tokenizer.save(str(tmp_path / tokenizers.FILENAME))
+    tokenizer = caption_tokens.fit_or_load([], VOCAB_SIZE, str(tmp_path))
+  texts = ["a red <|endoftext|> circle", "<|pad|> <|startoftext|>", "<|ENDOFTEXT|>"]
+  rows = tokenizer.encode(texts, 40)
+  for text, row in zip(texts, rows):
+    # Exactly one SOT and one EOT, where the format puts them; no PAD inside the caption.
+    end = int(np.argmax(row == caption_tokens.END_ID))
+    assert row[0] == caption_tokens.START_ID and (row == caption_tokens.END_ID).sum() == 1
+    assert (row[1:end] >= len(caption_tokens.SPECIAL_TOKENS)).all()
+    assert (row[end + 1:] == caption_tokens.PAD_ID).all()
+    assert tokenizer.decode(row) == caption_tokens.normalise(text)
 
 
 def test_fit_or_load_saves_then_reloads_and_checks(tmp_path):
@@ -226,6 +243,27 @@ def test_eval_uses_first_captions_and_retrieval_all_of_them(multi_batches):
   # "goldfish" is not in the training captions: one token per byte, cut to MAX_LEN - 2.
   assert [multi_batches.tokenizer.decode(row) for row in tokens] == [
       "a fish", "goldfi", "a frog", "a fish"]
+  # Keys for retrieval: the two "a fish" rows (images 0 and 2) share one, the rest differ.
+  keys = multi_batches.retrieval_text_keys()
+  assert keys.shape == (4,) and np.issubdtype(keys.dtype, np.integer)
+  assert keys[0] == keys[3] and len({keys[0], keys[1], keys[2]}) == 3
+
+
+def test_digit_retrieval_keys_let_a_perfect_model_score_one(digit_batches):
+  tokens, owners = digit_batches.retrieval_captions()
+  keys = digit_batches.retrieval_text_keys()
+  distinct_rows, row_keys = np.unique(tokens, axis=0, return_inverse=True)
+  assert keys.shape == owners.shape and len(set(keys.tolist())) == len(distinct_rows)
+  assert len(distinct_rows) < len(keys) / 3  # the digits' captions repeat a lot
+  np.testing.assert_array_equal(keys[:, None] == keys[None, :],
+                                row_keys.reshape(-1)[:, None] == row_keys.reshape(-1)[None, :])
+  # A model that embeds each caption text (and each image, as its caption) on its own axis.
+  text_emb = np.eye(len(distinct_rows), dtype=np.float32)[keys]
+  image_emb = np.zeros((owners.max() + 1, len(distinct_rows)), np.float32)
+  image_emb[owners] = text_emb
+  metrics = retrieval.recall_at_k(image_emb, text_emb, owners, ks=(1,), text_keys=keys)
+  assert metrics["image_to_text/R@1"] == 1.0 and metrics["text_to_image/R@1"] == 1.0
+  assert retrieval.recall_at_k(image_emb, text_emb, owners, ks=(1,))["text_to_image/R@1"] < 0.5
 
 
 def test_data_without_captions_is_a_user_error(monkeypatch):

@@ -162,6 +162,29 @@ def test_scenes_match_make_scenes_per_split():
   assert heldout.captions == expected_heldout["captions"] and len(heldout) == 3
 
 
+def test_scenes_attribute_labels_match_each_split_and_max_examples():
+  config = _config(source="scenes", resolution=8, scenes_train=5, scenes_test=4,
+                   scenes_heldout=3, scenes_max_objects=2, dataset_seed=4, max_examples=3,
+                   scenes_label="position")
+  cases = (("train", "train", 0), ("test", "train", image_sources.SCENES_TEST_START),
+           ("heldout", "heldout", 0))
+  for split, sequence, start in cases:
+    labels = image_sources.scenes_attribute_labels(config, split)
+    expected = scenes.make_scenes(3, seed=4, split=sequence, resolution=8, max_objects=2,
+                                  start=start)["labels"]
+    assert set(labels) == set(expected), split
+    for name, values in expected.items():
+      np.testing.assert_array_equal(labels[name], values, err_msg=f"{split} {name}")
+    dataset = image_sources.load_image_dataset(config, split)
+    np.testing.assert_array_equal(labels["position"][:, 0], dataset.labels)
+  with pytest.raises(UserError, match="config.data.source='digits'"):
+    image_sources.scenes_attribute_labels(_config(), "test")
+  with pytest.raises(UserError, match="split 'val'"):
+    image_sources.scenes_attribute_labels(config, "val")
+  with pytest.raises(UserError, match="scenes_heldout=0"):
+    image_sources.scenes_attribute_labels(dict(config, scenes_heldout=0), "heldout")
+
+
 def test_config_mistakes_name_the_key():
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="foo"), "train")

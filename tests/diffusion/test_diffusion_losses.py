@@ -189,3 +189,7 @@ def test_loss_mistakes_raise_user_errors():
     losses.flow_matching_loss(sde_lib.RectifiedFlow(), score, X0, rng, time_sampling="beta")
   with pytest.raises(UserError, match="at least one data dim"):
     losses.dsm_loss(vp, score, jnp.ones(4), rng)
+  # VP's and sub-VP's std vanishes at t = 0: the s^2 / g^2 weightings would divide by it.
+  for eps in (0.0, -1e-3, 1.0):
+    with pytest.raises(UserError, match=f"dsm_loss: eps={eps}"):
+      losses.dsm_loss(sde_lib.SubVPSDE(), score, X0, rng, eps=eps)

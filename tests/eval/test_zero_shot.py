@@ -187,15 +187,38 @@ def test_a_model_that_knows_each_description_classifies_every_attribute(heldout_
   assert len(encoder.calls) == 5  # one batched call per attribute classifier
 
 
+_DIGITS = image_sources.ImageDataset(images=np.zeros((1, 8, 8, 1), np.float32),
+                                     labels=np.zeros(1, np.int32), num_classes=10,
+                                     class_names=tuple("0123456789"), name="digits")
+
+
+def test_every_digit_prompt_is_a_caption_of_its_digit():
+  # Captions the digits dataset actually trains on: 60 per class covers all six phrasings.
+  labels = np.repeat(np.arange(10), 60)
+  seen = {label: set() for label in range(10)}
+  for label, text in zip(labels, digit_captions.digit_captions(labels, seed=0)):
+    seen[int(label)].add(text)
+  assert all(len(texts) == len(digit_captions.PHRASINGS) for texts in seen.values())
+  prompts = zero_shot.digit_prompts()
+  assert [set(group) for group in prompts] == [seen[label] for label in range(10)]
+  assert zero_shot.digit_prompts(ensemble=False) == [[group[0]] for group in prompts]
+  for template in zero_shot.DIGIT_TEMPLATES:
+    for label, word in enumerate(digit_captions.CLASS_NAMES):
+      assert template.format(word) in seen[label], template
+  # What the digits' default classifier embeds, with or without ensembling.
+  every_caption = set().union(*seen.values())
+  for ensemble, per_class in ((True, len(digit_captions.PHRASINGS)), (False, 1)):
+    encoder = FakeEncoder()
+    zero_shot.dataset_classifier(encoder, _DIGITS, ensemble)
+    assert len(encoder.calls) == 1 and len(encoder.calls[0]) == 10 * per_class
+    assert set(encoder.calls[0]) <= every_caption, set(encoder.calls[0]) - every_caption
+
+
 def test_dataset_classifier_picks_the_family_defaults():
   encoder = FakeEncoder()
-  digits = image_sources.ImageDataset(images=np.zeros((1, 8, 8, 1), np.float32),
-                                      labels=np.zeros(1, np.int32), num_classes=10,
-                                      class_names=tuple("0123456789"), name="digits")
   np.testing.assert_allclose(
-      zero_shot.dataset_classifier(encoder, digits),
-      zero_shot.zero_shot_classifier(encoder, digit_captions.CLASS_NAMES,
-                                     zero_shot.DIGIT_TEMPLATES), atol=1e-6)
+      zero_shot.dataset_classifier(encoder, _DIGITS),
+      zero_shot.classifier_from_prompts(encoder, zero_shot.digit_prompts()), atol=1e-6)
   shapes = image_sources.ImageDataset(images=np.zeros((1, 8, 8, 3), np.float32),
                                       labels=np.zeros(1, np.int32), num_classes=4,
                                       class_names=scenes.SHAPES, name="scenes")

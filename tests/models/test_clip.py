@@ -209,8 +209,8 @@ def test_bad_inputs_and_configs_are_user_errors(tiny):
   with pytest.raises(UserError, match="config.model.text_d_model=16 is not divisible by "
                                       "config.model.text_heads=3"):
     tiny_config(text_heads=3)
-  with pytest.raises(UserError, match="config.model.vocab_size=0"):
-    clip.CLIPConfig(**clip.config_for("cpu"))
+  with pytest.raises(UserError, match="config.model.vocab_size=0 must be >= 1"):
+    tiny_config(vocab_size=0)
   with pytest.raises(UserError, match="image_size=30 is not divisible"):
     tiny_config(image_size=30)
 

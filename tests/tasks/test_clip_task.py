@@ -16,6 +16,7 @@ from conftest import REPO
 from genvis import config_lib
 from genvis.data import caption_tokens, tokenizers
 from genvis.errors import UserError
+from genvis.nn import contrastive
 from genvis.train.trainer import Trainer
 
 OVERRIDES = {
@@ -72,17 +73,23 @@ def test_a_run_reports_loss_zero_shot_and_retrieval(run):
   assert (model["image_size"], model["channels"]) == (8, 1)
 
 
-def test_sharded_loss_equals_the_global_one_on_8_devices(run, tmp_path):
+def test_sharded_loss_equals_the_global_one_on_8_devices(run, tmp_path, monkeypatch):
   """shard_map over the data axis (each device its 2 rows x all 16 columns) = the loss of
   the global arrays, on the same parameters and batch."""
   _, _, trainer = run
   params = trainer.restore_latest().params
+  calls = []
+  sharded_loss = contrastive._sharded_loss  # pylint: disable=protected-access
+  monkeypatch.setattr(contrastive, "_sharded_loss",
+                      lambda *args: calls.append(args) or sharded_loss(*args))
   values = {}
   for sharded in (False, True):
     other = Trainer(clip_config(clip__sharded_loss=sharded), str(tmp_path / str(sharded)))
     assert other.mesh.devices.size == 8
     batch = other.global_batch(other.task.train_batch(5))
-    values[sharded] = jax.device_get(other._eval_step(params, batch))  # pylint: disable=protected-access
+    with other.sharding_context():
+      values[sharded] = jax.device_get(other._eval_step(params, batch))  # pylint: disable=protected-access
+    assert len(calls) == int(sharded)  # the shard_map path only when asked for
   assert values[True]["loss"] == pytest.approx(values[False]["loss"], rel=1e-5)
   assert values[True]["accuracy"] == values[False]["accuracy"]
 
