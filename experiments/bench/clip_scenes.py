@@ -7,9 +7,11 @@
 1. Trains `configs/clip.py:data=<data>,loss=<loss>` with the generic trainer (each run writes
    its loss.png), whose final evaluation runs the task's evaluators on the test split:
    zero-shot accuracy with and without prompt ensembling, and retrieval recall@k.
-2. Scenes: zero-shot accuracy for the object's shape and colour on the test split, and for
-   the held-out colour–shape pairs (never in a training caption) on the "heldout" split, each
-   with its chance levels (majority class; uniform 1/C); retrieval R@1/5 on the test split.
+2. Scenes: zero-shot accuracy for the object's shape and colour on the test split (prompts
+   naming the attribute alone, and the attribute read off the predicted colour–shape pair),
+   and for the held-out colour–shape pairs (never in a training caption) on the "heldout"
+   split, each with its chance levels (majority class; uniform 1/C); retrieval R@1/5 on the
+   test split (identical captions count as one text).
    Digits: zero-shot accuracy of the digit prompts, and the few-shot linear probe
    (genvis.eval.probe; 1/5/10 labels per class, mean ± std over seeds) of the CLIP image
    embeddings against raw pixels.
@@ -53,6 +55,10 @@ def zero_shot_figures(summary: dict, mode: str, data: str) -> dict:
     key = f"{prefix}{key}/" if key else prefix
     figures[name] = {field: round(summary[key + field], 4)
                      for field in ("accuracy", "chance_majority", "chance_uniform")}
+  if data == "scenes":  # the attribute read off the predicted colour-shape pair
+    for name, attribute in (("shape", "shape"), ("color", "colour")):
+      figures[f"{name}_via_pair"] = {
+          **figures[name], "accuracy": round(summary[f"{prefix}{attribute}_via_combo/accuracy"], 4)}
   return figures
 
 

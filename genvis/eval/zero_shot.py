@@ -325,7 +325,9 @@ def scenes_zero_shot(encode_texts: EncodeTexts, image_emb, scene_labels: dict,
   Keys "{name}/accuracy", "{name}/chance_majority", "{name}/chance_uniform" for: each
   attribute and "combo" (of the first object, the one a caption names first);
   "heldout_combo" (the exact held-out pair among all 24, over images that contain one);
-  and "combo_any/accuracy" (the predicted pair is any object's pair; no chance figures).
+  "combo_any/accuracy" (the predicted pair is any object's pair; no chance figures); and
+  "colour_via_combo/accuracy", "shape_via_combo/accuracy" (the first object's colour or
+  shape as read off the predicted pair; chance as for the attribute).
   """
   metrics = {}
   combo_classifier = scenes_classifier(encode_texts, "combo", templates, ensemble)
@@ -346,6 +348,16 @@ def scenes_zero_shot(encode_texts: EncodeTexts, image_emb, scene_labels: dict,
       metrics[f"heldout_combo/chance_{kind}"] = value
   metrics["combo_any/accuracy"] = zero_shot_any_accuracy(image_emb, combo_classifier,
                                                          combo_present(scene_labels))
+  # Colour and shape read off the predicted pair: the attribute prompts average their
+  # embedding over every other attribute's words, which blurs a class; naming the whole
+  # object, as captions do, classifies each attribute at least as well.
+  predicted_pairs = np.asarray(COMBOS)[zero_shot_predict(image_emb, combo_classifier)]
+  for column, name in ((0, "colour"), (1, "shape")):
+    values = list(image_sources.SCENES_LABELS[name])
+    predicted = np.array([values.index(v) for v in predicted_pairs[:, column]])
+    labels = targets[name]
+    real = labels >= 0
+    metrics[f"{name}_via_combo/accuracy"] = float(np.mean(predicted[real] == labels[real]))
   return metrics
 
 

@@ -184,7 +184,29 @@ def test_a_model_that_knows_each_description_classifies_every_attribute(heldout_
   assert 0 < np.mean(first_is_heldout) < 1
   assert metrics["heldout_combo/accuracy"] == pytest.approx(np.mean(first_is_heldout))
   assert metrics["combo_any/accuracy"] == 1.0
+  assert metrics["colour_via_combo/accuracy"] == metrics["shape_via_combo/accuracy"] == 1.0
   assert len(encoder.calls) == 5  # one batched call per attribute classifier
+
+
+def test_attributes_read_off_the_predicted_pair():
+  """An image embedded as exactly one pair's prompt: its colour and shape come from that
+  pair, right when the pair is right and wrong where the pair's attribute differs."""
+  encoder = FakeEncoder()
+  pairs = zero_shot.scenes_classifier(encoder, "combo")  # rows in COMBOS order
+  labels = {name: np.full((3, 1), -1, np.int32) for name in zero_shot.SCENES_ATTRIBUTES}
+  shown = [0, 7, 13]  # the pairs the images show
+  truth = [0, 7, 0]  # the third image is really pair 0: colour and shape both differ
+  for row, pair in enumerate(truth):
+    colour, shape = zero_shot.COMBOS[pair]
+    labels["colour"][row, 0] = scenes.COLOUR_NAMES.index(colour)
+    labels["shape"][row, 0] = scenes.SHAPES.index(shape)
+    labels["size"][row, 0] = labels["position"][row, 0] = 0
+  metrics = zero_shot.scenes_zero_shot(encoder, pairs[shown], labels)
+  expected = {name: np.mean([zero_shot.COMBOS[s][i] == zero_shot.COMBOS[t][i]
+                             for s, t in zip(shown, truth)])
+              for i, name in enumerate(("colour", "shape"))}
+  assert metrics["colour_via_combo/accuracy"] == pytest.approx(expected["colour"])
+  assert metrics["shape_via_combo/accuracy"] == pytest.approx(expected["shape"])
 
 
 _DIGITS = image_sources.ImageDataset(images=np.zeros((1, 8, 8, 1), np.float32),
