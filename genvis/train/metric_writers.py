@@ -69,7 +69,7 @@ def plot_loss_curve(workdir: str, filename: str = "loss.png") -> str | None:
     if points:
       ax.plot(*zip(*points), label=label, marker="o" if len(points) < 30 else None)
   ax.set_xlabel("step")
-  ax.set_ylabel("loss (nats/token)")
+  ax.set_ylabel("loss")  # the task's own: nats per token, per image pair, ...
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
