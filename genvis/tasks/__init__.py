@@ -14,6 +14,7 @@ _TASKS = {
     "mae": "genvis.tasks.mae:MAETask",
     "classify": "genvis.tasks.classify:ClassificationTask",
     "clip": "genvis.tasks.clip:ContrastiveTask",
+    "sde": "genvis.tasks.sde:ScoreSDETask",
 }
 
 
