@@ -37,9 +37,9 @@ inpainting grid (top half known: original | given half | completions), colourisa
 data, the sampling trajectory (a few snapshots), and with the classifier one row per class;
 for 2-D data, scatter plots of test points vs samples and of the trajectory.
 
-Which parameters: the trainer passes the training parameters to evaluators and sample hooks;
-`pretrained.load_trained` returns the EMA parameters (config.train.ema_decay) of a finished
-run, which the benchmarks evaluate and sample with.
+Which parameters: with `config.train.ema_decay` > 0 the trainer passes the EMA parameters to
+evaluators and sample hooks, and `pretrained.load_trained` returns them for a finished run,
+which the benchmarks evaluate and sample with.
 """
 
 import dataclasses

@@ -10,7 +10,8 @@
 4. compiles the step once, ahead of time, as `jax.jit(in_shardings=, out_shardings=,
    donate_argnums=)`;
 5. loops: global batch from this process's rows -> step -> metrics, progress bar, eval,
-   checkpoints, samples, and a clean save-and-exit on SIGTERM (preemption).
+   checkpoints, samples, and a clean save-and-exit on SIGTERM (preemption). Evaluation and
+   samples use the EMA of the parameters when the run keeps one (`config.train.ema_decay`).
 """
 
 import contextlib
@@ -196,6 +197,12 @@ class Trainer:
       return jax.jit(merge, out_shardings=self.state_shardings, donate_argnums=(0,))(
           state, loaded)
 
+  @staticmethod
+  def shown_params(state: TrainState):
+    """The parameters evaluation and sampling use: the EMA when the run keeps one (as
+    score_sde and `pretrained.load_trained` do), else the training parameters."""
+    return state.ema_params if state.ema_params is not None else state.params
+
   def restore_latest(self) -> TrainState:
     """The newest checkpoint's state; an error if the workdir has none (eval/sample modes)."""
     state = self._restore()
@@ -313,14 +320,14 @@ class Trainer:
           record.update(self._throughput(window_steps, elapsed, flops_per_step, peak))
           record["lr"] = float(self.lr_schedule(step - 1))
           if eval_due:
-            record.update(self.evaluate(state.params))
+            record.update(self.evaluate(self.shown_params(state)))
           self.writer.write(step, record)
           summary.update(record)
           progress.set_postfix(self._postfix(record), refresh=False)
         if save_due:
           self.checkpointer.save(step, state, self.task.metadata())
         if sample_due:
-          self.print_samples(self.sample(state.params, step), progress)
+          self.print_samples(self.sample(self.shown_params(state), step), progress)
         if flush:  # throughput windows time training only, not eval, saves or samples
           pending, window_start, window_steps = [], time.perf_counter(), 0
         progress.update(1)
@@ -341,10 +348,10 @@ class Trainer:
 
   def _finish(self, state, step, summary, start):
     if start >= step:  # nothing trained in this run: evaluate what was restored
-      summary.update(self.evaluate(state.params))
+      summary.update(self.evaluate(self.shown_params(state)))
     if self.is_primary:
       plot_loss_curve(self.workdir)
-    samples = self.sample(state.params, step)
+    samples = self.sample(self.shown_params(state), step)
     summary["samples"] = samples.get("texts", [])
     self.print_samples(samples, None)
 

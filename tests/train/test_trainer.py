@@ -91,6 +91,9 @@ def test_ema_tracks_parameters(tmp_path):
   after, ema = params_of(state), jax.tree.map(np.asarray, jax.device_get(state.ema_params))
   expected = jax.tree.map(lambda b, a: 0.5 * b + 0.5 * a, before, after)
   jax.tree.map(lambda e, x: np.testing.assert_allclose(e, x, rtol=1e-6, atol=1e-7), ema, expected)
+  # Evaluation and samples use the EMA when there is one.
+  assert trainer.shown_params(state) is state.ema_params
+  assert Trainer.shown_params(state.replace(ema_params=None)) is state.params
 
 
 def test_non_finite_loss_stops_at_its_step_and_is_never_saved(tmp_path):
