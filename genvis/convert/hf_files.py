@@ -11,6 +11,7 @@ import json
 import os
 from typing import Mapping
 
+import jax
 import numpy as np
 
 from genvis import atomic_files
@@ -103,3 +104,14 @@ def _read_safetensors(paths) -> dict:
     except Exception as e:  # pylint: disable=broad-except
       raise UserError(f"{path}: cannot be read ({one_line(e)})") from None
   return state_dict
+
+
+def stack_layers(tree):
+  """Every blocks/{layer_0, ...} -> blocks/layers stacked on a leading axis, the layout of
+  genvis's scanned blocks (nn.scan), anywhere in a nested dict of arrays."""
+  if not isinstance(tree, dict):
+    return tree
+  if "layer_0" in tree:
+    layers = [tree[f"layer_{i}"] for i in range(len(tree))]
+    return {"layers": jax.tree.map(lambda *x: np.stack(x), *layers)}
+  return {k: stack_layers(v) for k, v in tree.items()}

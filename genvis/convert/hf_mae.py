@@ -36,7 +36,6 @@ import math
 from typing import Mapping
 
 import flax.traverse_util
-import jax
 import numpy as np
 
 from genvis.convert import hf_files
@@ -283,17 +282,7 @@ def params_from_hf(state_dict: Mapping, config, layout: _Layout) -> dict:
     flat[path] = _to_genvis(path, values, spec.shape).astype(dtype)
   hf_files.refuse_leftovers(tensors, layout.architecture, sizes)
   params = flax.traverse_util.unflatten_dict(flat)
-  return _stack_layers(params) if config.scan_layers else params
-
-
-def _stack_layers(tree):
-  """Every blocks/{layer_0, ...} -> blocks/layers stacked on a leading axis (nn.scan)."""
-  if not isinstance(tree, dict):
-    return tree
-  if "layer_0" in tree:
-    layers = [tree[f"layer_{i}"] for i in range(len(tree))]
-    return {"layers": jax.tree.map(lambda *x: np.stack(x), *layers)}
-  return {k: _stack_layers(v) for k, v in tree.items()}
+  return hf_files.stack_layers(params) if config.scan_layers else params
 
 
 # ------------------------------------------------------------------------------ API
