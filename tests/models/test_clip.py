@@ -213,6 +213,19 @@ def test_bad_inputs_and_configs_are_user_errors(tiny):
     tiny_config(vocab_size=0)
   with pytest.raises(UserError, match="image_size=30 is not divisible"):
     tiny_config(image_size=30)
+  with pytest.raises(UserError, match="config.model.init_std=-0.1 must be >= 0"):
+    tiny_config(init_std=-0.1)
+
+
+def test_towers_start_at_openai_scale_unless_init_std_is_set(tiny):
+  # init_std = 0, the default, means width^-1/2 of each tower.
+  config = tiny_config(text_d_model=64, text_heads=2)
+  assert config.vision_config().init_std == pytest.approx(16 ** -0.5)
+  assert config.text_config().init_std == pytest.approx(64 ** -0.5)
+  fixed = tiny_config(init_std=0.02)
+  assert fixed.vision_config().init_std == fixed.text_config().init_std == 0.02
+  # The parameters follow: the text token table of the tiny model is normal(16^-1/2).
+  assert np.std(tiny.params["text"]["wte"]["embedding"]) == pytest.approx(0.25, rel=0.25)
 
 
 def test_named_variants_follow_the_paper():

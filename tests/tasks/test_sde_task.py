@@ -186,23 +186,23 @@ def test_loss_is_dsm_over_the_real_rows_only(toy_run):
   assert float(metrics["weight"]) == 8.0
 
 
-def test_tfds_mnist_through_mock_data(tmp_path):
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_images_through_mock_data(tmp_path, name, shape):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   data_dir = tmp_path / "tfds"
-  builder = tfds.builder("mnist", data_dir=str(data_dir))
+  builder = tfds.builder(name, data_dir=str(data_dir))
   builder.info.set_splits(tfds.core.SplitDict(
       [tfds.core.SplitInfo(name=s, shard_lengths=[1], num_bytes=0) for s in ("train", "test")]))
   os.makedirs(builder.data_dir)
   builder.info.write_to_directory(builder.data_dir)
-  config = sde_config("data=mnist", DIGITS,
-                      data__tfds_data_dir=str(data_dir))
+  config = sde_config(f"data={name}", DIGITS, data__tfds_data_dir=str(data_dir))
   with tfds.testing.mock_data(num_examples=16, data_dir=str(data_dir),
                               policy=tfds.testing.MockPolicy.USE_FILES):
     task = sde_task.ScoreSDETask(config, None)
-  assert task.data_shape == (28, 28, 1) and task.num_levels == 256
-  assert task.model_config.image_size == 28 and config.model.channels == 1
+  assert task.data_shape == shape and task.num_levels == 256
+  assert task.model_config.image_size == shape[0] and config.model.channels == shape[2]
   batch = task.train_batch(0)
-  assert batch["x"].shape == (16, 28, 28, 1) and batch["x"].dtype == np.float32
+  assert batch["x"].shape == (16, *shape) and batch["x"].dtype == np.float32
   params = jax.eval_shape(lambda: unboxed(task.init_variables(jax.random.key(0))["params"]))
   loss, metrics = jax.eval_shape(  # traced, not compiled: shapes all the way through
       lambda p, b: task.loss_fn(p, b, jax.random.key(1), train=True), params, batch)
