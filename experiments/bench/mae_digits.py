@@ -20,8 +20,8 @@ The last line printed is one JSON object with masked_mse, mean_patch_mse, mean_i
 probe_fewshot / probe_full for mae, raw_pixels and random_encoder, and speedup_visible_only
 (step-time ratio w/ [M] / visible-only, per decoder depth).
 
-Not here yet: fine-tuning columns and the mask-ratio / decoder ablations (they need ViT
-fine-tuning from an MAE run), and the accuracy of the "w/ [M]" encoder.
+Fine-tuning accuracy, the mask-ratio / decoder ablations and the accuracy of the "w/ [M]"
+encoder are experiments/bench/mae_ablations.py's.
 """
 
 import argparse

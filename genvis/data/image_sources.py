@@ -51,8 +51,9 @@ class ImageDataset:
     labels: int32 [N] class ids in 0..num_classes-1, or None when the data has none.
     captions: N strings, or None: one caption per image (for a dataset with several per
       image, the first; training picks among all of them, see genvis.data.caption_batches).
-    all_captions: for datasets with several captions per image (tfds coco_captions), every
-      caption of each image, all_captions[i][0] == captions[i]; None when there is one each.
+    all_captions: for datasets with several captions per image (tfds coco_captions; the
+      digits, one per phrasing), every caption of each image, all_captions[i][0] ==
+      captions[i]; None when there is one each.
       Retrieval evaluation needs them all (an image query hits if ANY caption is retrieved).
     num_classes: the number of classes; 0 when unknown or unlabelled.
     class_names: the class names in id order (for CLIP prompts, reports); () when unknown.
@@ -246,9 +247,9 @@ def _load_digits(settings: dict, split: str) -> ImageDataset:
                                           seed=settings["dataset_seed"])
   keep = _head(len(images), settings)
   images = image_preprocess.set_channels(images[:keep], settings["channels"])
+  captions = digit_captions.all_digit_captions(labels[:keep], settings["dataset_seed"])
   return ImageDataset(images=images, labels=labels[:keep],
-                      captions=digit_captions.digit_captions(labels[:keep],
-                                                             settings["dataset_seed"]),
+                      captions=[group[0] for group in captions], all_captions=captions,
                       num_classes=digits_lib.NUM_CLASSES,
                       class_names=tuple(str(d) for d in range(digits_lib.NUM_CLASSES)),
                       name="digits")

@@ -1,8 +1,8 @@
 """Image–caption data for contrastive training: digit captions, the caption tokenizer, and
 `CaptionBatches` (token format, caption_ids for duplicates, determinism, process rows).
 
-Real data: the embedded digits (one caption per image, six phrasings, so a batch of 64 holds
-duplicates). Several captions per image: small in-memory datasets put in place of
+Real data: the embedded digits (each image captioned in all six phrasings, so a batch of 64
+holds duplicates). Several captions per image: small in-memory datasets put in place of
 `image_sources.load_train_test`, so every caption and every duplicate is known.
 """
 
@@ -36,15 +36,25 @@ def fixture_digit_batches(workdir):
                                         vocab_size=VOCAB_SIZE, workdir=workdir)
 
 
+def drawn_captions(batches, step):
+  """The caption texts of training batch `step`: one drawn per image among all of its own."""
+  flat = [text for group in batches.images.train_set.all_captions for text in group]
+  return [flat[row] for row in batches.caption_rows(step)]
+
+
 # ---------------------------------------------------------------------------- digit captions
 def test_digits_have_captions_naming_their_label():
   config = _data_config(dataset_seed=5, max_examples=300)
   dataset = image_sources.load_image_dataset(config, "train")
-  assert len(dataset.captions) == 300 and dataset.all_captions is None
+  assert len(dataset.captions) == len(dataset.all_captions) == 300
   assert dataset.captions == digit_captions.digit_captions(dataset.labels, 5)
-  for label, text in zip(dataset.labels, dataset.captions):
-    assert {digit_captions.CLASS_NAMES[label], str(label)} & set(text.split()), text
-  assert len(set(dataset.captions)) > 30  # several phrasings, not one string per class
+  phrasings = len(digit_captions.PHRASINGS)
+  for label, first, group in zip(dataset.labels, dataset.captions, dataset.all_captions):
+    # Every phrasing once, the seeded one first, each naming the image's digit.
+    assert group[0] == first and len(set(group)) == len(group) == phrasings
+    assert sorted(group) == sorted(digit_captions.caption_for(label, p)
+                                   for p in range(phrasings))
+  assert len(set(dataset.captions)) > 30  # first captions vary in phrasing too
 
 
 # -------------------------------------------------------------------------------- tokenizer
@@ -128,18 +138,16 @@ def test_train_batch_shapes_and_tokens(digit_batches):
   train_set = digit_batches.images.train_set
   indices = digit_batches.images.train_order.train_indices(7)
   np.testing.assert_array_equal(batch["images"], train_set.images[indices])
-  expected = digit_batches.tokenizer.encode([train_set.captions[i] for i in indices], MAX_LEN)
+  expected = digit_batches.tokenizer.encode(drawn_captions(digit_batches, 7), MAX_LEN)
   np.testing.assert_array_equal(batch["tokens"], expected)
   assert ((batch["tokens"] == caption_tokens.END_ID).sum(axis=1) == 1).all()
 
 
 def test_duplicate_captions_share_ids_and_different_ones_do_not(digit_batches):
-  train_set = digit_batches.images.train_set
   duplicates = 0
   for step in range(3):
     batch = digit_batches.train_batch(step)
-    texts = [train_set.captions[i]
-             for i in digit_batches.images.train_order.train_indices(step)]
+    texts = drawn_captions(digit_batches, step)
     for a in range(64):
       for b in range(a + 1, 64):
         same = texts[a] == texts[b]
@@ -257,10 +265,12 @@ def test_digit_retrieval_keys_let_a_perfect_model_score_one(digit_batches):
   assert len(distinct_rows) < len(keys) / 3  # the digits' captions repeat a lot
   np.testing.assert_array_equal(keys[:, None] == keys[None, :],
                                 row_keys.reshape(-1)[:, None] == row_keys.reshape(-1)[None, :])
-  # A model that embeds each caption text (and each image, as its caption) on its own axis.
+  # A model that embeds each caption text on its own axis, and each image as the mean of its
+  # own captions: an image's best texts are its captions, a text's best images own it.
   text_emb = np.eye(len(distinct_rows), dtype=np.float32)[keys]
   image_emb = np.zeros((owners.max() + 1, len(distinct_rows)), np.float32)
-  image_emb[owners] = text_emb
+  np.add.at(image_emb, owners, text_emb)
+  image_emb /= np.linalg.norm(image_emb, axis=1, keepdims=True)
   metrics = retrieval.recall_at_k(image_emb, text_emb, owners, ks=(1,), text_keys=keys)
   assert metrics["image_to_text/R@1"] == 1.0 and metrics["text_to_image/R@1"] == 1.0
   assert retrieval.recall_at_k(image_emb, text_emb, owners, ks=(1,))["text_to_image/R@1"] < 0.5

@@ -41,7 +41,18 @@ def test_phrasings_and_articles():
   assert digit_captions.caption_for(7, 1) == "the digit 7"
   assert digit_captions.caption_for(8, 3) == "an image of an 8"
   assert digit_captions.caption_for(7, 3) == "an image of a 7"
+  assert digit_captions.caption_for(1, 3) == "an image of a 1"  # "a one", not "an one"
   assert digit_captions.CLASS_NAMES[0] == "zero" and len(digit_captions.CLASS_NAMES) == 10
+
+
+def test_all_captions_hold_every_phrasing_with_the_seeded_one_first():
+  groups = digit_captions.all_digit_captions(LABELS, seed=3)
+  assert [group[0] for group in groups] == digit_captions.digit_captions(LABELS, seed=3)
+  every = [digit_captions.caption_for(7, p) for p in range(len(digit_captions.PHRASINGS))]
+  assert sorted(groups[7]) == sorted(every) and groups[7][1:] == [c for c in every
+                                                                    if c != groups[7][0]]
+  with pytest.raises(UserError, match="digit_captions: labels span"):
+    digit_captions.all_digit_captions([11], seed=0)
 
 
 @pytest.mark.parametrize("labels, seed", [([3, 10], 0), ([-1], 0), ([[1]], 0),
