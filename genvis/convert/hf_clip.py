@@ -57,7 +57,7 @@ LEGACY_EOS_TOKEN_ID = 2  # transformers' CLIPTextModel pools at argmax(ids) for 
 _TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
                       num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
                       hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407,
-                      attention_dropout=0.0, initializer_range=0.02)
+                      attention_dropout=0.0)
 _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                         num_attention_heads=12, num_channels=3, image_size=224, patch_size=32,
                         hidden_act="quick_gelu", layer_norm_eps=1e-5, attention_dropout=0.0)
@@ -133,8 +133,9 @@ def config_from_hf(hf_config, **overrides) -> dict:
       text_mlp_dim=int(text["intermediate_size"]),
       activation=ACTIVATIONS[activation],
       layer_norm_epsilon=float(_shared(text, vision, "layer_norm_eps")), use_bias=True,
-      dropout=0.0, attention_dropout=float(text["attention_dropout"]),
-      init_std=float(text["initializer_range"]))
+      dropout=0.0, attention_dropout=float(text["attention_dropout"]))
+  # init_std stays genvis's default (width^-1/2 per tower): transformers, like OpenAI, starts
+  # the blocks at width^-1/2 scales and uses initializer_range only for the embeddings.
   fields.update(overrides)
   return fields
 

@@ -7,9 +7,9 @@ per row, the caption's token row and a `caption_ids` entry for the contrastive l
 Captions are tokenised once, when the batches are built (`caption_tokens`, fitted on the
 training captions and kept in the workdir), so a batch is array indexing, not BPE.
 
-Several captions per image (tfds coco_captions, ~5): training row r of batch `step` reads the
-caption that a generator seeded with (seed, step) draws for r, uniformly among its image's
-captions. An image is seen once per epoch, so each epoch pairs it with a fresh draw, and the
+Several captions per image (tfds coco_captions, ~5; the digits, one per phrasing): training
+row r of batch `step` reads the caption that a generator seeded with (seed, step) draws for
+r, uniformly among its image's captions. An image is seen once per epoch, so each epoch pairs it with a fresh draw, and the
 choice is the same on every process and on resume. Held-out batches use each image's first
 caption (a fixed, comparable validation loss); retrieval uses all of them
 (`retrieval_captions`, with `retrieval_text_keys` marking repeated caption texts).

@@ -88,7 +88,8 @@ def digit_captions(labels, seed: int) -> list[str]:
 def all_digit_captions(labels, seed: int) -> list[list[str]]:
   """Every phrasing of each image's digit, `digit_captions(labels, seed)[i]` first and the
   other phrasings after it in `PHRASINGS` order (arguments and errors as there)."""
-  firsts = digit_captions(labels, seed)
-  return [[first] + [caption_for(int(label), phrasing) for phrasing in range(len(PHRASINGS))
-                     if caption_for(int(label), phrasing) != first]
-          for first, label in zip(firsts, np.asarray(labels))]
+  groups = []
+  for first, label in zip(digit_captions(labels, seed), np.asarray(labels)):
+    every = [caption_for(int(label), phrasing) for phrasing in range(len(PHRASINGS))]
+    groups.append([first] + [caption for caption in every if caption != first])
+  return groups

@@ -14,10 +14,10 @@ Definitions (the standard ones, as in the COCO 5k retrieval protocol):
     caption are not image → text queries, but stay as candidates (distractors) for
     text → image; the dict reports how many queries each direction had.
 
-Repeated captions (`text_keys`): when many images share one caption string (digits: 445 test
-captions, ~60 distinct strings), the identical captions have identical embeddings, so the
-tie rule below ranks the earliest copy first and even a perfect model misses most queries
-(R@1 0.135 on digits). With `text_keys` (int [Nt], equal keys = identical caption text) a
+Repeated captions (`text_keys`): when many images share one caption string (digits: 2,670
+test captions, each of 60 strings about 45 times), the identical captions have identical
+embeddings, so the tie rule below ranks the earliest copy first and even a perfect model
+misses most queries. With `text_keys` (int [Nt], equal keys = identical caption text) a
 retrieved candidate counts as a hit when its text is the right one, whoever owns it:
   - text → image: a hit at k if some image among the top k owns a caption with the query's
     key;

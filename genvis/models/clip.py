@@ -35,12 +35,13 @@ epsilon, dropout, scan, remat, dtypes, ...) are shared. `vision_config()` and `t
 give each tower's own config. OpenAI's towers use the sigmoid GELU ("quick_gelu") and
 LayerNorm epsilon 1e-5. Initialisation: each tower's blocks and text embeddings from
 normal(init_std) with genvis's 1/sqrt(2L) on the residual projections, where init_std = 0
-(the default) means width^-1/2 per tower, OpenAI's scale; the projections from
-normal(width^-1/2) as OpenAI's. GPT's 0.02 is too small here: a 128-wide image tower then
-maps every image to the same embedding (cosine 0.999997 between images at init). The softmax
-loss, blind to a shared offset, still learns from the tiny differences; the sigmoid loss first
-pulls all pairs together and stays at that constant solution (SigLIP at chance after 700
-steps on the scenes; at width^-1/2, 18 % in-batch accuracy after 250).
+(the default) means width^-1/2 per tower, the scale of OpenAI's blocks (OpenAI starts the
+token and position tables smaller, at 0.02 and 0.01); the projections from normal(width^-1/2)
+as OpenAI's. GPT's 0.02 is too small here: a 128-wide image tower then maps every image to
+the same embedding (cosine 0.999997 between images at init). The softmax loss, blind to a
+shared offset, still learns from the tiny differences; the sigmoid loss first pulls all pairs
+together and stays at that constant solution (SigLIP at chance after 700 steps on the scenes;
+at width^-1/2, 18 % in-batch accuracy after 250).
 
 Parameters: vision/ (exactly a `vit.ViT(config.vision_config())` tree: patch_embed/kernel,
 cls_token, pos_embedding, encoder/{ln_pre, blocks, ln_f}), text/{wte/embedding [V, D],

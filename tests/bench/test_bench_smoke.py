@@ -65,17 +65,3 @@ def test_mae_digits_smoke_reports_mse_baselines_probes_and_speedup(tmp_path):
       times["with_mask_tokens"] / times["visible_only"], rel=0.02)
   assert "reconstructions_step3.png" in result["pngs"]
 
-
-def test_mae_ablations_smoke_writes_a_table(tmp_path):
-  tiny = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2",
-          "model.decoder_heads=2", "sample.num_samples=2"]
-  result = run_bench("mae_ablations.py", "--tables", "decoder_width", "--pretrain_steps", "2",
-                     "--finetune_steps", "2", "--workdir", str(tmp_path),
-                     *[f"--set={s}" for s in tiny])
-  rows = result["tables"]["decoder_width"]
-  assert [row["label"] for row in rows] == ["64", "128", "256"]
-  assert all(0 <= row["ft"] <= 1 and 0 <= row["lin"] <= 1 for row in rows)
-  assert "| 128 |" in (tmp_path / "ablations.md").read_text()
-  # Each setting was pre-trained and fine-tuned once, in its own workdir.
-  assert (tmp_path / "mask0.75_depth2_width256_mtok0" / "summary.json").exists()
-  assert (tmp_path / "mask0.75_depth2_width256_mtok0_ft" / "summary.json").exists()

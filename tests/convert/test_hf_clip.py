@@ -125,8 +125,7 @@ def test_config_mapping_and_overrides():
   # A config.json that leaves out keys gets transformers' defaults (OpenAI's ViT-B/32).
   sparse = hf_clip.config_from_hf({"model_type": "clip", "text_config": {"eos_token_id": 2}})
   assert sparse == {**clip.config_for("B/32"), "eot_token_id": clip.ARGMAX_EOT,
-                    "vision_mlp_dim": 3072, "text_mlp_dim": 2048,
-                    "init_std": 0.02}  # transformers' initializer_range
+                    "vision_mlp_dim": 3072, "text_mlp_dim": 2048}
 
 
 def test_bad_checkpoints_and_configs_are_user_errors(first_eos_model):

@@ -86,8 +86,8 @@ def test_several_captions_match_the_sorted_reference_for_any_chunk_size():
 
 
 def test_a_perfect_model_on_repeated_captions_needs_text_keys():
-  # Six images of three classes (two each), one caption per image naming its class, as the
-  # digits' "the digit 7": images and captions of a class embed identically.
+  # Six images of three classes (two each), one caption per image naming its class ("the
+  # digit 7" for every seven): images and captions of a class embed identically.
   classes = np.array([0, 1, 2, 0, 1, 2])
   images = np.eye(3, dtype=np.float32)[classes]
   texts = images.copy()

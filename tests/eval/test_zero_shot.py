@@ -215,11 +215,10 @@ _DIGITS = image_sources.ImageDataset(images=np.zeros((1, 8, 8, 1), np.float32),
 
 
 def test_every_digit_prompt_is_a_caption_of_its_digit():
-  # Captions the digits dataset actually trains on: 60 per class covers all six phrasings.
-  labels = np.repeat(np.arange(10), 60)
-  seen = {label: set() for label in range(10)}
-  for label, text in zip(labels, digit_captions.digit_captions(labels, seed=0)):
-    seen[int(label)].add(text)
+  # The captions the digits dataset trains on: every phrasing of each image's digit.
+  labels = np.arange(10)
+  seen = {label: set(group)
+          for label, group in zip(labels, digit_captions.all_digit_captions(labels, seed=0))}
   assert all(len(texts) == len(digit_captions.PHRASINGS) for texts in seen.values())
   prompts = zero_shot.digit_prompts()
   assert [set(group) for group in prompts] == [seen[label] for label in range(10)]
