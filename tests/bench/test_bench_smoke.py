@@ -64,4 +64,3 @@ def test_mae_digits_smoke_reports_mse_baselines_probes_and_speedup(tmp_path):
   assert result["speedup_visible_only"]["decoder_depth_1"] == pytest.approx(
       times["with_mask_tokens"] / times["visible_only"], rel=0.02)
   assert "reconstructions_step3.png" in result["pngs"]
-
