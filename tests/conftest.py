@@ -35,6 +35,14 @@ def tiny_config(**overrides):
                                 {**TINY_OVERRIDES, **extra})
 
 
+def assert_one_line_error(excinfo, *fragments):
+  """A pytest.raises result whose message is one line holding every fragment."""
+  message = str(excinfo.value)
+  assert "\n" not in message, message
+  for fragment in fragments:
+    assert fragment in message, message
+
+
 def cli_overrides(**overrides) -> list[str]:
   """The tiny config as `--config.key=value` flags for `python -m genvis.main`."""
   merged = {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}

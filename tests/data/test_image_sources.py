@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_one_line_error
 from genvis.data import digits, image_preprocess, image_sources, scenes, tfds_text
 from genvis.errors import UserError
 
@@ -29,13 +30,6 @@ def _config(**overrides):
   config = image_sources.image_data_defaults()
   config.update(overrides)
   return config
-
-
-def _one_line_error(excinfo, *fragments):
-  message = str(excinfo.value)
-  assert "\n" not in message, message
-  for fragment in fragments:
-    assert fragment in message, message
 
 
 # ---------------------------------------------------------------------------- preprocessing
@@ -188,7 +182,7 @@ def test_scenes_attribute_labels_match_each_split_and_max_examples():
 def test_config_mistakes_name_the_key():
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="foo"), "train")
-  _one_line_error(excinfo, "config.data.source='foo'", "digits, scenes, tfds or folder")
+  assert_one_line_error(excinfo, "config.data.source='foo'", "digits, scenes, tfds or folder")
   with pytest.raises(UserError, match="config.data.channels=2"):
     image_sources.load_image_dataset(_config(channels=2), "train")
   with pytest.raises(UserError, match="config.data.resolution=-1"):
@@ -258,7 +252,7 @@ def test_folder_of_grey_images_stays_grey_and_native_sizes_must_agree(tmp_path):
   _write_image(tmp_path / "c.png", (5, 5), "L", 40)
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="folder", folder=str(tmp_path)), "train")
-  _one_line_error(excinfo, "c.png", "5x5", "4x6", "a.png", "config.data.resolution")
+  assert_one_line_error(excinfo, "c.png", "5x5", "4x6", "a.png", "config.data.resolution")
 
 
 @pytest.mark.parametrize("line, fragment", [
@@ -273,7 +267,7 @@ def test_bad_captions_line_names_the_file_and_line(photo_folder, line, fragment)
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="folder", folder=str(photo_folder)),
                                      "train")
-  _one_line_error(excinfo, f"{path}:2", fragment)
+  assert_one_line_error(excinfo, f"{path}:2", fragment)
 
 
 def test_images_without_captions_are_an_error(photo_folder):
@@ -282,14 +276,14 @@ def test_images_without_captions_are_an_error(photo_folder):
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="folder", folder=str(photo_folder)),
                                      "train")
-  _one_line_error(excinfo, str(path), "no caption for 4 of the 5", "cat/b.png")
+  assert_one_line_error(excinfo, str(path), "no caption for 4 of the 5", "cat/b.png")
 
 
 def test_missing_empty_and_unsplit_folders(tmp_path, photo_folder):
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="folder", folder=str(tmp_path / "x")),
                                      "train")
-  _one_line_error(excinfo, f"config.data.folder='{tmp_path / 'x'}'", "no such directory")
+  assert_one_line_error(excinfo, f"config.data.folder='{tmp_path / 'x'}'", "no such directory")
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="holds no images"):
     image_sources.load_image_dataset(
@@ -297,7 +291,7 @@ def test_missing_empty_and_unsplit_folders(tmp_path, photo_folder):
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="folder", folder=str(photo_folder)),
                                      "test")
-  _one_line_error(excinfo, "no 'test'/ subfolder", "folder_test_fraction")
+  assert_one_line_error(excinfo, "no 'test'/ subfolder", "folder_test_fraction")
 
 
 def test_split_subfolders_share_class_ids(tmp_path):
@@ -321,7 +315,7 @@ def test_train_and_test_of_different_sizes_are_one_line_error(tmp_path):
   with pytest.raises(UserError, match=r"test images are \[6, 6, 3\], training images "
                      r"\[4, 4, 3\]") as excinfo:
     image_sources.load_train_test(config)
-  _one_line_error(excinfo)
+  assert_one_line_error(excinfo)
   train, test = image_sources.load_train_test(_config(source="folder", folder=str(tmp_path),
                                                       resolution=4))
   assert train.images.shape[1:] == test.images.shape[1:] == (4, 4, 3)
@@ -352,7 +346,7 @@ def test_exif_orientation_is_applied_and_unreadable_files_are_named(tmp_path):
   (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
   with pytest.raises(UserError) as excinfo:
     image_sources.load_image_dataset(_config(source="folder", folder=str(tmp_path)), "train")
-  _one_line_error(excinfo, "cannot read image", str(tmp_path / "broken.png"))
+  assert_one_line_error(excinfo, "cannot read image", str(tmp_path / "broken.png"))
 
 
 # ------------------------------------------------------------------------------------ tfds
@@ -441,7 +435,7 @@ def test_tfds_imagenet_sizes_differ_so_native_resolution_is_refused(tfds_dir):
     with pytest.raises(UserError) as excinfo:
       image_sources.load_image_dataset(config, "train")
   assert resized.images.shape == (4, 8, 8, 3) and resized.num_classes == 1000
-  _one_line_error(excinfo, "config.data.resolution=0", "example 1", "example 0")
+  assert_one_line_error(excinfo, "config.data.resolution=0", "example 1", "example 0")
 
 
 def test_tfds_key_and_split_mistakes(tfds_dir):
@@ -450,13 +444,13 @@ def test_tfds_key_and_split_mistakes(tfds_dir):
   with _mock(tfds, data_dir, num_examples=2):
     with pytest.raises(UserError) as excinfo:
       image_sources.load_image_dataset(dict(config, tfds_image_key="picture"), "train")
-    _one_line_error(excinfo, "config.data.tfds_image_key='picture'", "image")
+    assert_one_line_error(excinfo, "config.data.tfds_image_key='picture'", "image")
     with pytest.raises(UserError) as excinfo:
       image_sources.load_image_dataset(dict(config, tfds_label_key="image"), "train")
-    _one_line_error(excinfo, "config.data.tfds_label_key='image'", "label")
+    assert_one_line_error(excinfo, "config.data.tfds_label_key='image'", "label")
     with pytest.raises(UserError) as excinfo:
       image_sources.load_image_dataset(dict(config, tfds_test_split="validation"), "test")
-    _one_line_error(excinfo, "config.data.tfds_test_split='validation'", "test, train")
+    assert_one_line_error(excinfo, "config.data.tfds_test_split='validation'", "test, train")
     unlabelled = image_sources.load_image_dataset(dict(config, tfds_label_key="none"),
                                                   "train")
   assert unlabelled.labels is None and len(unlabelled) == 2
@@ -480,7 +474,7 @@ def test_tfds_coco_captions_gives_every_caption_of_each_image(tfds_dir):
   assert dataset.caption_lists() == expected and dataset.images.shape == (3, 8, 8, 3)
   assert one_each.all_captions is None and len(one_each.captions) == 3
   assert one_each.caption_lists() == [[text] for text in one_each.captions]
-  _one_line_error(excinfo, "config.data.tfds_caption_key='captions/id'",
+  assert_one_line_error(excinfo, "config.data.tfds_caption_key='captions/id'",
                   "captions/text, image/filename")
 
 
@@ -492,7 +486,7 @@ def test_tfds_not_prepared_fails_fast(tfds_dir, tmp_path, name, fragment):
     image_sources.load_image_dataset(
         _config(source="tfds", tfds_name=name, tfds_data_dir=str(tmp_path)), "train")
   assert time.monotonic() - start < 5
-  _one_line_error(excinfo, f"config.data.tfds_name={name!r}", "not prepared", str(tmp_path),
+  assert_one_line_error(excinfo, f"config.data.tfds_name={name!r}", "not prepared", str(tmp_path),
                   f"tfds build {name} --data_dir={tmp_path}", fragment)
 
 

@@ -14,7 +14,7 @@ from genvis.data import labelled_text, text_sources, tfds_text
 from genvis.data.labelled_batches import LabelledBatches
 from genvis.errors import UserError
 
-from conftest import REPO
+from conftest import REPO, assert_one_line_error
 
 tfds = tfds_text._import_tfds()  # pylint: disable=protected-access
 
@@ -34,13 +34,6 @@ def _mocked(data_dir, name, num_examples):
   with tfds.testing.mock_data(num_examples=num_examples,
                               policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data_dir)):
     yield
-
-
-def _one_line(excinfo, *fragments):
-  message = str(excinfo.value)
-  assert "\n" not in message, message
-  for fragment in fragments:
-    assert fragment in message, message
 
 
 @pytest.mark.parametrize("name,text_key,names", [
@@ -74,7 +67,7 @@ def test_tfds_not_prepared_fails_fast_in_one_line(tmp_path):
   with pytest.raises(UserError) as excinfo:
     labelled_text.load_tfds_labelled("imdb_reviews", "train", data_dir=str(tmp_path))
   assert time.monotonic() - start < 10
-  _one_line(excinfo, "imdb_reviews", "not prepared", str(tmp_path), "tfds build")
+  assert_one_line_error(excinfo, "imdb_reviews", "not prepared", str(tmp_path), "tfds build")
 
 
 def test_tfds_label_key_must_be_a_class_label(tmp_path):
@@ -82,11 +75,11 @@ def test_tfds_label_key_must_be_a_class_label(tmp_path):
     with pytest.raises(UserError) as excinfo:
       labelled_text.load_tfds_labelled("imdb_reviews", "train", data_dir=str(tmp_path),
                                        label_key="text")
-    _one_line(excinfo, "'text'", "not a ClassLabel", "tfds_label_key")
+    assert_one_line_error(excinfo, "'text'", "not a ClassLabel", "tfds_label_key")
     with pytest.raises(UserError) as excinfo:
       labelled_text.load_tfds_labelled("imdb_reviews", "train", data_dir=str(tmp_path),
                                        label_key="stars")
-    _one_line(excinfo, "'stars'", "available: label, text")
+    assert_one_line_error(excinfo, "'stars'", "available: label, text")
 
 
 # ----------------------------------------------------------------------------- embedded

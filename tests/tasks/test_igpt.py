@@ -8,6 +8,7 @@ One tiny digits task (1 layer, width 16) and one trained run are shared by the m
 import math
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,9 +147,7 @@ def test_layer_features_are_pooled_per_layer_whatever_the_chunking(task, params)
 def test_a_tiny_batch_overfits(task):
   batch = jax.tree.map(jnp.asarray, task.train_batch(0))
   batch = jax.tree.map(lambda x: x[:4], batch)
-  params = task.init_variables(jax.random.key(0))["params"]
-  params = jax.tree.map(lambda x: getattr(x, "value", x), params,
-                        is_leaf=lambda x: hasattr(x, "value"))
+  params = nn.meta.unbox(task.init_variables(jax.random.key(0))["params"])
   optimizer = optax.adam(1e-2)
 
   @jax.jit
@@ -200,9 +199,7 @@ def test_rgb_bits_per_dim_divides_by_the_channels(tmp_path):
   config = igpt_config("scenes", data__resolution=8, data__scenes_train=16,
                        data__scenes_test=8, data__palette_size=4)
   task = igpt.ImageGPTTask(config, str(tmp_path))
-  params = task.init_variables(jax.random.key(0))["params"]
-  params = jax.tree.map(lambda x: getattr(x, "value", x), params,
-                        is_leaf=lambda x: hasattr(x, "value"))
+  params = nn.meta.unbox(task.init_variables(jax.random.key(0))["params"])
   _, metrics = task.loss_fn(params, next(task.eval_batches()), jax.random.key(0), train=False)
   # A zero-initialised head is uniform over the 4 colours: 2 bits per pixel, 2/3 per dim.
   assert float(metrics["bits_per_pixel"]) == pytest.approx(2.0, abs=1e-5)

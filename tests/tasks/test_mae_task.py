@@ -9,6 +9,7 @@ One tiny digits task (8x8 with 2x2 patches, encoder width 16 x 1 layer, decoder 
 import math
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,9 +47,7 @@ def mae_config(data="digits", **overrides):
 
 
 def unboxed_init(task, seed=0):
-  params = task.init_variables(jax.random.key(seed))["params"]
-  return jax.tree.map(lambda x: getattr(x, "value", x), params,
-                      is_leaf=lambda x: hasattr(x, "value"))
+  return nn.meta.unbox(task.init_variables(jax.random.key(seed))["params"])
 
 
 @pytest.fixture(scope="module", name="run")

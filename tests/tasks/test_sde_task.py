@@ -10,12 +10,13 @@ Module-scoped: the toy run and the digits trainer (never trained: its step is no
 import math
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_one_line_error
 from genvis import config_lib
 from genvis.diffusion import losses
 from genvis.errors import UserError
@@ -70,11 +71,6 @@ def sde_config(variant="data=gmm", base=None, **overrides):
                                 {**(TOY if base is None else base), **extra})
 
 
-def unboxed(tree):
-  return jax.tree.map(lambda x: getattr(x, "value", x), tree,
-                      is_leaf=lambda x: hasattr(x, "value"))
-
-
 @pytest.fixture(scope="module", name="toy_run")
 def fixture_toy_run(tmp_path_factory):
   """(workdir, summary, trainer): 3 steps on the 8-Gaussian mixture, with the classifier."""
@@ -87,7 +83,7 @@ def fixture_toy_run(tmp_path_factory):
 def fixture_digits():
   """(task, params): a tiny VE U-Net on the digits, untrained (no step is compiled)."""
   task = sde_task.ScoreSDETask(sde_config("data=digits,sde=ve", DIGITS), None)
-  return task, jax.jit(lambda rng: unboxed(task.init_variables(rng)["params"]))(
+  return task, jax.jit(lambda rng: nn.meta.unbox(task.init_variables(rng)["params"]))(
       jax.random.key(0))
 
 
@@ -148,7 +144,7 @@ def test_score_is_the_network_output_over_sigma(toy_run, sde, scaled):
     task, params = toy_run[2].task, toy_run[2].restore_latest().params
   else:
     task = sde_task.ScoreSDETask(sde_config(f"data=gmm,sde={sde}"), None)
-    params = unboxed(task.init_variables(jax.random.key(0))["params"])
+    params = nn.meta.unbox(task.init_variables(jax.random.key(0))["params"])
   assert task.model_config.scale_by_sigma == scaled
   x = jnp.asarray(task.test_x[:3])
   t = jnp.array([0.1, 0.5, 0.9])
@@ -203,7 +199,7 @@ def test_tfds_images_through_mock_data(tmp_path, name, shape):
   assert task.model_config.image_size == shape[0] and config.model.channels == shape[2]
   batch = task.train_batch(0)
   assert batch["x"].shape == (16, *shape) and batch["x"].dtype == np.float32
-  params = jax.eval_shape(lambda: unboxed(task.init_variables(jax.random.key(0))["params"]))
+  params = jax.eval_shape(lambda: nn.meta.unbox(task.init_variables(jax.random.key(0))["params"]))
   loss, metrics = jax.eval_shape(  # traced, not compiled: shapes all the way through
       lambda p, b: task.loss_fn(p, b, jax.random.key(1), train=True), params, batch)
   assert loss.shape == () and set(metrics) == {"loss", "dsm_loss"}
@@ -215,7 +211,7 @@ def test_digits_classifier_head_and_guided_sampler_trace():
   assert task.classifier_config.kind == "conv" and task.classifier_config.num_classes == 10
   batch = task.train_batch(0)
   assert batch["labels"].shape == (16,)
-  params = jax.eval_shape(lambda: unboxed(task.init_variables(jax.random.key(0))["params"]))
+  params = jax.eval_shape(lambda: nn.meta.unbox(task.init_variables(jax.random.key(0))["params"]))
   assert set(params) == {"score", "classifier"}
   _, metrics = jax.eval_shape(  # traced, not compiled
       lambda p, b: task.loss_fn(p, b, jax.random.key(1), train=True), params, batch)
@@ -223,13 +219,6 @@ def test_digits_classifier_head_and_guided_sampler_trace():
   guided = jax.eval_shape(lambda p: task.generate(p, jax.random.key(2), 10,
                                                   labels=jnp.arange(10)).x, params)
   assert guided.shape == (10, 8, 8, 1)
-
-
-def _one_line(excinfo, *fragments):
-  message = str(excinfo.value)
-  assert "\n" not in message, message
-  for fragment in fragments:
-    assert fragment in message, message
 
 
 @pytest.mark.parametrize("overrides, fragments", [
@@ -244,22 +233,22 @@ def test_toy_config_mistakes_are_one_line_errors(overrides, fragments):
   with pytest.raises(UserError) as excinfo:
     sde_task.ScoreSDETask(sde_config(**{k.replace(".", "__"): v
                                         for k, v in overrides.items()}), None)
-  _one_line(excinfo, *fragments)
+  assert_one_line_error(excinfo, *fragments)
 
 
 def test_image_config_mistakes_are_one_line_errors():
   with pytest.raises(UserError) as excinfo:
     sde_task.ScoreSDETask(sde_config("data=digits", DIGITS, model__image_size=16), None)
-  _one_line(excinfo, "config.model.image_size=16", "image_size=8")
+  assert_one_line_error(excinfo, "config.model.image_size=16", "image_size=8")
   with pytest.raises(UserError) as excinfo:  # digits sit on 17 levels, not 256
     sde_task.ScoreSDETask(sde_config("data=digits", DIGITS, eval__num_levels=256), None)
-  _one_line(excinfo, "config.eval.num_levels=256", "256-level grid")
+  assert_one_line_error(excinfo, "config.eval.num_levels=256", "256-level grid")
   with pytest.raises(UserError) as excinfo:
     sde_task.ScoreSDETask(sde_config("data=gaussian", sde__classifier=True), None)
-  _one_line(excinfo, "needs >= 2 classes")
+  assert_one_line_error(excinfo, "needs >= 2 classes")
   toy = sde_config()
   with toy.unlocked():
     toy.model.base_width = 32  # a U-Net field on 2-D data
   with pytest.raises(UserError) as excinfo:
     sde_task.ScoreSDETask(toy, None)
-  _one_line(excinfo, "config.model.base_width is not a field of the 2-D score MLP")
+  assert_one_line_error(excinfo, "config.model.base_width is not a field of the 2-D score MLP")
