@@ -10,8 +10,10 @@
 --config baby: nanoGPT's "baby GPT" (6 layers, 6 heads, width 384, context 256, batch 64,
   dropout 0.2). Times 20 iterations after compilation: seconds/iteration and MFU against the
   measured CPU peak.
---reference also runs the PyTorch reference (experiments/bench/reference/torch_gpt.py) in the
-  same process, after genvis, and reports genvis/reference ratios.
+--reference also runs the PyTorch reference (experiments/bench/reference/torch_gpt.py) after
+  genvis, in a process of its own (with malloc and threads as the reference sets them, not as
+  genvis does), and reports genvis/reference ratios. --seed seeds both (the reference's own
+  default seed is 1337; here both default to 0).
 
 The last line printed is one JSON object.
 """
@@ -19,12 +21,15 @@ The last line printed is one JSON object.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+# genvis before jax: its CPU malloc settings must precede JAX's threads (genvis/__init__.py).
+import genvis  # pylint: disable=wrong-import-position,unused-import
 import jax  # pylint: disable=wrong-import-position
 
 from genvis import config_lib  # pylint: disable=wrong-import-position
@@ -38,9 +43,10 @@ SETTINGS = {
 }
 
 
-def make_config(name: str, data_path: str, eval_batches: int):
+def make_config(name: str, data_path: str, eval_batches: int, seed: int = 0):
   setting = SETTINGS[name]
   overrides = {
+      "seed": seed,
       "data.path": data_path,
       "train.steps": setting["steps"],
       "eval.num_batches": eval_batches,
@@ -52,8 +58,8 @@ def make_config(name: str, data_path: str, eval_batches: int):
       os.path.join(REPO, f"configs/gpt_lm.py:size={setting['size']},data=file"), overrides)
 
 
-def run_genvis(name: str, data_path: str, workdir: str, eval_batches: int) -> dict:
-  config = make_config(name, data_path, eval_batches)
+def run_genvis(name: str, data_path: str, workdir: str, eval_batches: int, seed: int) -> dict:
+  config = make_config(name, data_path, eval_batches, seed)
   trainer = Trainer(config, workdir, devices=jax.devices()[:1])
   state = trainer.restore_or_init()
   start = time.perf_counter()
@@ -90,10 +96,21 @@ def run_genvis(name: str, data_path: str, workdir: str, eval_batches: int) -> di
   return result
 
 
-def run_reference(name: str, data_path: str, peak: float) -> dict:
-  sys.path.insert(0, os.path.join(REPO, "experiments/bench/reference"))
-  import torch_gpt  # pylint: disable=import-outside-toplevel
-  return torch_gpt.run(name, data_path, peak_flops=peak)
+def run_reference(name: str, data_path: str, peak: float, seed: int) -> dict:
+  """The reference's result, or {"error": ...} when it did not give one (so genvis's figures
+  are still printed)."""
+  command = [sys.executable, os.path.join(REPO, "experiments/bench/reference/torch_gpt.py"),
+             "--data", data_path, "--config", name, "--seed", str(seed),
+             "--peak-flops", repr(peak)]
+  last = ""
+  with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+    for line in child.stdout:  # its progress, as it comes
+      last = line.strip() or last
+      print(f"reference: {last}", flush=True)
+  try:
+    return json.loads(last)
+  except json.JSONDecodeError:
+    return {"error": f"the reference exited with {child.returncode}; its last line: {last!r}"}
 
 
 def main():
@@ -103,17 +120,20 @@ def main():
   parser.add_argument("--workdir", default="", help="default: a fresh temporary folder")
   parser.add_argument("--eval-batches", type=int, default=200)
   parser.add_argument("--reference", action="store_true", help="also run the PyTorch one")
+  parser.add_argument("--seed", type=int, default=0, help="of the init, batches and dropout")
   args = parser.parse_args()
   if not os.path.isfile(args.data):
     sys.exit(f"error: --data {args.data!r}: no such file")
   import tempfile  # pylint: disable=import-outside-toplevel
   workdir = args.workdir or tempfile.mkdtemp(prefix=f"bench_{args.config}_")
   result = {"config": args.config, "device": jax.devices()[0].device_kind,
-            **run_genvis(args.config, args.data, workdir, args.eval_batches)}
+            "seed": args.seed,
+            **run_genvis(args.config, args.data, workdir, args.eval_batches, args.seed)}
   if args.reference:
-    reference = run_reference(args.config, args.data, result["peak_flops"])
+    reference = run_reference(args.config, args.data, result["peak_flops"], args.seed)
     result["reference"] = reference
-    result["speedup_vs_reference"] = result["it_per_s"] / reference["it_per_s"]
+    if "it_per_s" in reference:
+      result["speedup_vs_reference"] = result["it_per_s"] / reference["it_per_s"]
   print(json.dumps(result, sort_keys=True))
 
 

@@ -35,6 +35,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 # pylint: disable=wrong-import-position
+# genvis before jax: its CPU malloc settings must precede JAX's threads (genvis/__init__.py).
+import genvis  # pylint: disable=unused-import
 import jax
 
 from genvis import config_lib

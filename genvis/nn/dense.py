@@ -33,9 +33,17 @@ class DenseND(nn.Module):
                                                self.kernel_axes),
                         (*in_shape, *features), P.dtype(self.param_dtype))
     dtype = P.dtype(self.dtype)
-    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype),
-                      axes=(tuple(range(x.ndim - self.contract_dims, x.ndim)),
+    # The batch dimensions are merged into one before the contraction: the kernel gradient
+    # then contracts a single dimension. Contracting [batch, length] together made XLA:CPU
+    # materialise a transposed copy of the activation gradient (half the MLP's backward
+    # time on the tiny GPT). The merge keeps the batch sharding as long as only the first
+    # merged dimension is sharded (the default rules leave `length` unsharded).
+    batch_shape = x.shape[:x.ndim - self.contract_dims]
+    rows = x.reshape(-1, *in_shape).astype(dtype)
+    y = jnp.tensordot(rows, kernel.astype(dtype),
+                      axes=(tuple(range(1, 1 + self.contract_dims)),
                             tuple(range(self.contract_dims))))
+    y = y.reshape(*batch_shape, *features)
     if self.use_bias:
       bias_axes = tuple(self.kernel_axes)[self.contract_dims:]
       bias = self.param("bias", P.param_init(nn.initializers.zeros, bias_axes), features,

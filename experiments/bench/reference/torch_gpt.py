@@ -235,8 +235,11 @@ def main():
   p.add_argument('--config', default='tiny', choices=sorted(CONFIGS))
   p.add_argument('--max-iters', type=int, default=None)
   p.add_argument('--seed', type=int, default=1337)
+  p.add_argument('--peak-flops', type=float, default=None,
+                 help='for the MFU (default: measured here)')
   a = p.parse_args()
-  out = run(a.config, a.data, seed=a.seed, max_iters=a.max_iters)
+  out = run(a.config, a.data, seed=a.seed, peak_flops=a.peak_flops,
+            max_iters=a.max_iters)
   print(json.dumps(out), flush=True)
 
 
