@@ -16,7 +16,9 @@ of its temporaries back in, zero-filled:
 threads that first allocate after the call share the main heap, which keeps what is freed.
 malloc then recycles blocks up to 1 GiB the way a device's caching allocator does: the tiny
 GPT's step went from 50 ms to 36 ms with no page faults. `genvis/__init__.py` calls it on CPU
-hosts, before JAX starts its threads.
+hosts, before JAX starts its threads, and the trainer again before stepping: in the test
+suite, tests that ran tfds pipelines left a freed 48 MiB block faulting in again until the
+settings were re-applied (libtensorflow_cc calls mallopt).
 
 Blocks over 1 GiB are still mapped afresh on every step. Without that limit the baby GPT's
 steps took 10 s instead of 14.6 s, but its heap grew by another 6.7 GB every third step (the
@@ -48,26 +50,24 @@ _SETTINGS = (  # option name, option, values to try in order (old glibc caps at 
 # Device nodes of accelerators JAX would compute on instead of the CPU.
 _ACCELERATOR_NODES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 
-_applied = None  # None: not tried yet; then whether malloc took every setting
+_warned = False
 
 
 def keep_freed_memory() -> bool:
-  """Applies the settings once per process; True when malloc took all of them."""
-  global _applied
-  if _applied is not None:
-    return _applied
+  """Applies the settings (again: other libraries may have changed them; it is cheap); True
+  when malloc took all of them."""
+  global _warned
   try:
     mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
   except (OSError, AttributeError, TypeError):
-    _applied = False  # no mallopt: nothing to tune
-    return _applied
+    return False  # no mallopt: nothing to tune
   refused = [name for name, option, values in _SETTINGS
              if not any(mallopt(option, value) == 1 for value in values)]
-  if refused:
+  if refused and not _warned:
+    _warned = True
     log.warning("malloc refused %s; XLA:CPU steps may page-fault their temporaries in again "
                 "on every call", ", ".join(refused))
-  _applied = not refused
-  return _applied
+  return not refused
 
 
 def computes_on_cpu() -> bool:

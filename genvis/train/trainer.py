@@ -30,6 +30,7 @@ from genvis import config_lib
 from genvis.errors import UserError
 from genvis.sampling import image_grid
 from genvis.tasks import build_task
+from genvis.train import host_memory
 from genvis.train import mesh as mesh_lib
 from genvis.train import mfu as mfu_lib
 from genvis.train.checkpoint import Checkpointer, ParamsSource
@@ -230,7 +231,11 @@ class Trainer:
              for k, s in self.task.batch_spec().items()}
     self._check_train_config(batch)
     with self.sharding_context():
-      return jitted.lower(self.abstract_state, batch).compile()
+      compiled = jitted.lower(self.abstract_state, batch).compile()
+    # Again, right before stepping: TensorFlow (tfds input pipelines) resets malloc's settings
+    # in some runs, and the steps then page-fault their temporaries again.
+    host_memory.keep_freed_memory_on_cpu_hosts()
+    return compiled
 
   def _check_train_config(self, batch):
     if self.config.train.log_every < 1:
