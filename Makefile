@@ -9,8 +9,12 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(PY) -m genvis.main --config=configs/gpt_lm.py:size=tiny --workdir=runs/demo
 
+# Two workers by default: XLA compiles on one thread, which left half of a 2-core machine idle.
+# --dist loadscope keeps a module's tests on one worker, so its compiled fixtures are shared.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 bench: $(STAMP)
 	$(PY) experiments/bench/lm_shakespeare.py --data ../shared/data/tinyshakespeare.txt --config tiny --reference

@@ -61,6 +61,7 @@ from genvis.models import vit
 from genvis.models.gpt import count_params  # noqa: F401  (re-exported: same for every model)
 from genvis.nn import contrastive
 from genvis.nn import partitioning as P
+from genvis.nn.dropout import Dropout
 from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer
 
 # Fields of TransformerConfig that both towers share (the rest are per tower or fixed).
@@ -234,7 +235,7 @@ class TextEncoder(nn.Module):
     wpe = self.param("wpe", P.param_init(nn.initializers.normal(cfg.init_std), (None, P.EMBED)),
                      (cfg.max_len, cfg.d_model), param_dtype)
     x = wte(tokens) + wpe[:tokens.shape[1]].astype(dtype)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
+    x = Dropout(cfg.dropout)(x, deterministic=not train)
     x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
     x = TransformerStack(cfg, train, name="blocks")(x)
     x = norm_layer(cfg, "ln_f")(x)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from genvis.errors import UserError
 from genvis.nn import partitioning as P
+from genvis.nn.dropout import Dropout
 from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer
 
 
@@ -129,7 +130,7 @@ class GPT(nn.Module):
                      (cfg.max_len, cfg.d_model), param_dtype)
 
     x = wte(tokens) + jnp.take(wpe, self._positions(tokens, decode), axis=0).astype(dtype)
-    x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+    x = Dropout(cfg.dropout, deterministic=not train)(x)
     x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
     x = TransformerStack(cfg, train, decode, name="blocks")(x)
     if cfg.final_norm:

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from genvis.errors import UserError
 from genvis.models.gpt import count_params  # noqa: F401  (re-exported: same for every model)
 from genvis.nn import partitioning as P
+from genvis.nn.dropout import Dropout
 from genvis.nn.time_embeddings import (FourierFeatures, check_fourier_frequencies,
                                        check_noise_inputs, noise_level_input,
                                        sinusoidal_embedding)
@@ -269,7 +270,7 @@ class ResBlock(nn.Module):
     if temb is not None:  # a per-channel bias from the time (and class) embedding
       h = h + _dense(cfg, self.out_width, name="time_proj")(nn.silu(temb))[:, None, None, :]
     h = nn.silu(_group_norm(cfg, self.out_width, name="norm_1")(h))
-    h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
+    h = Dropout(cfg.dropout)(h, deterministic=not train)
     h = _conv(cfg, self.out_width, init_scale=cfg.init_scale, name="conv_1")(h)
     if in_width != self.out_width or self.resample != "none":
       # DDPM's 1x1 "network in network" is initialised at scale 0.1, BigGAN's 1x1 conv at 1.

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from genvis.errors import UserError
 from genvis.models.gpt import count_params  # noqa: F401  (re-exported: same for every model)
 from genvis.nn import partitioning as P
+from genvis.nn.dropout import Dropout
 from genvis.nn.embeddings import sincos_2d
 from genvis.nn.patches import grid_size, patchify
 from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer, stack_flops
@@ -137,7 +138,7 @@ class Encoder(nn.Module):
     cfg = self.config
     if cfg.pre_norm:
       tokens = norm_layer(cfg, "ln_pre")(tokens)
-    x = nn.Dropout(cfg.dropout)(tokens, deterministic=not train)
+    x = Dropout(cfg.dropout)(tokens, deterministic=not train)
     x = P.constrain(x, (P.BATCH, P.LENGTH, P.EMBED))
     x = TransformerStack(cfg, train, name="blocks")(x)
     return norm_layer(cfg, "ln_f")(x)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from genvis.errors import UserError
 from genvis.nn import partitioning as P
 from genvis.nn.dense import DenseND
+from genvis.nn.dropout import dropout
 
 
 class SelfAttention(nn.Module):
@@ -138,6 +139,5 @@ def attention_with_dropout(q, k, v, mask, rate: float, rng):
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1)
   if rate > 0:
-    keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - rate), 0.0)
+    weights = dropout(weights, rate, rng)
   return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from genvis.errors import UserError
 from genvis.nn import partitioning as P
 from genvis.nn.attention import SelfAttention
+from genvis.nn.dropout import Dropout
 from genvis.nn.mlp import ACTIVATIONS, Mlp
 
 REMAT_POLICIES = {
@@ -158,7 +159,7 @@ class Block(nn.Module):
     )
     mlp = Mlp(cfg.hidden_dim, cfg.init_std, cfg.residual_std, cfg.use_bias, cfg.dtype,
               cfg.param_dtype, cfg.activation, name="mlp")
-    dropout = nn.Dropout(cfg.dropout, deterministic=not self.train)
+    dropout = Dropout(cfg.dropout, deterministic=not self.train)
     if cfg.norm_position == "pre":
       x = x + dropout(attention(norm_layer(cfg, "ln_1")(x), window))
       x = x + dropout(mlp(norm_layer(cfg, "ln_2")(x)))
