@@ -3,11 +3,14 @@ PyTorch models built from small configs (nothing is downloaded), exact round tri
 errors, and the CLI that turns a saved HF directory into a genvis workdir."""
 
 import dataclasses
+import os
+import re
 import shlex
 import subprocess
 import sys
 import types
 
+from flax import traverse_util
 import jax
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from genvis import config_lib
 from genvis.convert import hf_gpt
 from genvis.errors import UserError
 from genvis.models import gpt
+from genvis.train.trainer import Trainer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -265,7 +269,7 @@ def hf_dir_with_tokenizer(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cli_writes_a_workdir_that_restores_samples_and_matches_hugging_face(
+def test_cli_workdir_samples_matches_hugging_face_and_starts_fine_tuning(
     hf_dir_with_tokenizer, tmp_path):
   from genvis import main as genvis_main  # pylint: disable=import-outside-toplevel
   from genvis.train.pretrained import load_trained  # pylint: disable=import-outside-toplevel
@@ -294,6 +298,22 @@ def test_cli_writes_a_workdir_that_restores_samples_and_matches_hugging_face(
   config = config_lib.load_config(spec, overrides)
   assert config.model.to_dict() == trainer.config.model.to_dict()
   assert genvis_main.run(config, workdir, "sample") == {"step": 0}
+
+  # GPT-1-style fine-tuning starts from the imported workdir: its weights exactly, a new
+  # classifier head, and the checkpoint's BPE tokenizer copied along.
+  size = re.search(r"size=(\w+)", spec).group(1)
+  sft = config_lib.load_config(
+      os.path.join(REPO, f"configs/gpt_sft.py:size={size},tok=bpe"),
+      {**{k: v for k, v in overrides.items() if k.startswith("model.")},
+       "init_from": workdir, "data.batch_size": 8, "sample.num_samples": 0})
+  sft_trainer = Trainer(sft, str(tmp_path / "sft"))
+  imported = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  tuned = traverse_util.flatten_dict(jax.device_get(sft_trainer.restore_or_init().params),
+                                     sep="/")
+  assert set(tuned) - set(imported) == {"cls_head/kernel", "cls_head/bias"}
+  for name, value in imported.items():
+    np.testing.assert_array_equal(tuned[name], value, err_msg=name)
+  assert sft_trainer.task.tokenizer.vocab_size == trainer.task.tokenizer.vocab_size
 
 
 def test_cli_without_a_tokenizer_is_one_line(gpt2, tmp_path, capsys):
