@@ -138,6 +138,5 @@ def attention_with_dropout(q, k, v, mask, rate: float, rng):
   scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1)
-  if rate > 0:
-    weights = dropout(weights, rate, rng)
+  weights = dropout(weights, rate, rng)  # the identity at rate 0
   return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
