@@ -2,7 +2,8 @@
 adaptive probability-flow ODE's function evaluations and time.
 
   python experiments/bench/sde_sampling.py [--workdir DIR] [--batch 64]
-  python experiments/bench/sde_sampling.py --variant ddpmpp-cifar10 --batch 128   # GPU
+  python experiments/bench/sde_sampling.py --variant ddpmpp-cifar10 --image_size 32 \
+      --channels 3 --batch 128                                # GPU: DDPM++ on CIFAR-10 shapes
 
 The network: a trained sde run's EMA parameters (--workdir, e.g. sde_digits.py's) through
 the task's score, or else a freshly initialised U-Net of --variant (genvis.models.unet; VP

@@ -62,6 +62,7 @@ from genvis.models.gpt import count_params  # noqa: F401  (re-exported: same for
 from genvis.nn import contrastive
 from genvis.nn import partitioning as P
 from genvis.nn.dropout import Dropout
+from genvis.nn.token_embedding import TokenEmbed
 from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer
 
 # Fields of TransformerConfig that both towers share (the rest are per tower or fixed).
@@ -229,9 +230,9 @@ class TextEncoder(nn.Module):
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise UserError(f"tokens must be integer ids, got {tokens.dtype}")
     dtype, param_dtype = P.dtype(cfg.dtype), P.dtype(cfg.param_dtype)
-    wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-                   embedding_init=P.param_init(nn.initializers.normal(cfg.init_std),
-                                               (P.VOCAB, P.EMBED)), name="wte")
+    wte = TokenEmbed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+                     embedding_init=P.param_init(nn.initializers.normal(cfg.init_std),
+                                                   (P.VOCAB, P.EMBED)), name="wte")
     wpe = self.param("wpe", P.param_init(nn.initializers.normal(cfg.init_std), (None, P.EMBED)),
                      (cfg.max_len, cfg.d_model), param_dtype)
     x = wte(tokens) + wpe[:tokens.shape[1]].astype(dtype)

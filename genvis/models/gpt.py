@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from genvis.errors import UserError
 from genvis.nn import partitioning as P
 from genvis.nn.dropout import Dropout
+from genvis.nn.token_embedding import TokenEmbed
 from genvis.nn.transformer import TransformerConfig, TransformerStack, norm_layer
 
 
@@ -122,10 +123,10 @@ class GPT(nn.Module):
     if tokens.shape[1] > cfg.max_len:
       raise ValueError(f"sequence length {tokens.shape[1]} > model.max_len={cfg.max_len}")
     dtype, param_dtype = P.dtype(cfg.dtype), P.dtype(cfg.param_dtype)
-    wte = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-                   embedding_init=P.param_init(nn.initializers.normal(cfg.init_std),
-                                               (P.VOCAB, P.EMBED)),
-                   name="wte")
+    wte = TokenEmbed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+                     embedding_init=P.param_init(nn.initializers.normal(cfg.init_std),
+                                                 (P.VOCAB, P.EMBED)),
+                     name="wte")
     wpe = self.param("wpe", P.param_init(nn.initializers.normal(cfg.init_std), (None, P.EMBED)),
                      (cfg.max_len, cfg.d_model), param_dtype)
 

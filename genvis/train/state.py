@@ -4,7 +4,6 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -18,8 +17,3 @@ class TrainState(flax.struct.PyTreeNode):
 def update_ema(ema_params, params, decay: float):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype),
                       ema_params, params)
-
-
-def select_tree(keep_new: jax.Array, new, old):
-  """`new` where `keep_new` else `old`, leaf by leaf (used to skip a non-finite update)."""
-  return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from genvis.train.state import TrainState, select_tree, update_ema
+from genvis.train.state import TrainState, update_ema
 
 
 def _microbatches(batch: dict, num: int) -> dict:
@@ -63,12 +63,10 @@ def make_train_step(task, tx: optax.GradientTransformation, *, grad_accum_steps:
       return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                            ema_params=ema)
 
-    if jax.default_backend() == "gpu":
-      # XLA:GPU reads a conditional's predicate on the host, which would stall every step.
-      return select_tree(finite, update(state, grads), state), metrics
-    # Elsewhere a cond: a select keeps the old state alive past the update, so XLA:CPU copied
-    # every moment buffer each step (56 copies on the tiny GPT) instead of updating the
-    # donated buffers in place.
+    # A cond, not a select between old and new state: a select keeps the old state alive past
+    # the update, so XLA:CPU copied every moment buffer each step (56 copies on the tiny GPT)
+    # instead of updating the donated buffers in place. On an H200 the cond was no slower
+    # than the select either (GPT-2 124M: 58.9 against 61.0 ms a step).
     return jax.lax.cond(finite, update, lambda state, grads: state, state, grads), metrics
 
   return train_step

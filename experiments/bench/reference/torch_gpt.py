@@ -146,7 +146,7 @@ def get_lr(it, c):
   return c['min_lr'] + coeff * (c['learning_rate'] - c['min_lr'])
 
 
-def make_optimizer(model, c):
+def make_optimizer(model, c, fused=None):
   params = [p for p in model.parameters() if p.requires_grad]
   groups = [
     {'params': [p for p in params if p.dim() >= 2],
@@ -154,7 +154,7 @@ def make_optimizer(model, c):
     {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
   ]
   return torch.optim.AdamW(groups, lr=c['learning_rate'],
-                           betas=(0.9, c['beta2']), eps=1e-8)
+                           betas=(0.9, c['beta2']), eps=1e-8, fused=fused)
 
 
 def measure_peak_flops(n=2048, reps=10):
