@@ -21,7 +21,7 @@ and also reports the count baselines and linear probes):
 """
 
 from genvis import config_lib
-from genvis.data.image_sources import image_data_defaults
+from genvis.data.image_sources import named_data
 from genvis.models import gpt
 
 # size=cpu: ImageGPT's options at a width that trains in minutes on a 2-core CPU, with a
@@ -35,19 +35,13 @@ _CPU_RECIPES = {
     "scenes": {"data.batch_size": 32, "train.steps": 1000, "model.num_layers": 4},
 }
 
-# data variant -> config.data changes (on top of image_data_defaults()).
-_DATA = {
-    "digits": dict(source="digits", palette="grey", palette_size=17),
-    "scenes": dict(source="scenes", resolution=16, palette="kmeans", palette_size=16),
-    "mnist": dict(source="tfds", tfds_name="mnist", palette="grey", palette_size=16),
-    "fashion_mnist": dict(source="tfds", tfds_name="fashion_mnist", palette="grey",
-                          palette_size=16),
-    "cifar10": dict(source="tfds", tfds_name="cifar10", resolution=32),
-    "celeb_a": dict(source="tfds", tfds_name="celeb_a", resolution=32,
-                    tfds_test_split="validation"),
-    "imagenet": dict(source="tfds", tfds_name="imagenet2012", resolution=32,
-                     tfds_test_split="validation"),
-    "folder": dict(source="folder", resolution=32),
+# ImageGPT's palette per dataset, where it is not the 512-colour k-means: grey levels for the
+# grey datasets (the digits' 17 native levels), 16 k-means colours for the small scenes.
+_PALETTES = {
+    "digits": dict(palette="grey", palette_size=17),
+    "scenes": dict(palette="kmeans", palette_size=16),
+    "mnist": dict(palette="grey", palette_size=16),
+    "fashion_mnist": dict(palette="grey", palette_size=16),
 }
 
 
@@ -66,10 +60,7 @@ def get_config(arg=None):
   # Filled in from the data: colours + start token in, colours out, one position per pixel.
   c.model.update(vocab_size=0, output_vocab_size=0, max_len=0)
 
-  if variant["data"] not in _DATA:
-    raise ValueError(f"config variant data={variant['data']!r}: expected one of "
-                     f"{', '.join(_DATA)}")
-  c.data = image_data_defaults()
+  c.data = named_data(variant["data"])
   c.data.update(
       batch_size=64,
       palette="kmeans",  # grey (evenly spaced levels) | kmeans (clusters of training pixels)
@@ -77,7 +68,7 @@ def get_config(arg=None):
       palette_fit_pixels=1_000_000,  # k-means on at most this many training pixels; 0: all
       palette_iters=20,
   )
-  c.data.update(_DATA[variant["data"]])
+  c.data.update(_PALETTES.get(variant["data"], {}))
 
   c.train.log_every = 100
   c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=200, b2=0.99, weight_decay=0.1)

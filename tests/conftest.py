@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,12 +29,17 @@ TINY_OVERRIDES = {
 }
 
 
-def tiny_config(**overrides):
-  """configs/gpt_lm.py with a tiny model; keyword overrides use '__' for '.'."""
+def load_test_config(spec: str, base: dict, **overrides):
+  """configs/<spec> ("file.py:variant") with the `base` overrides, then the keyword ones
+  (which use '__' for '.')."""
   from genvis import config_lib  # pylint: disable=import-outside-toplevel
   extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(os.path.join(REPO, "configs/gpt_lm.py:size=tiny"),
-                                {**TINY_OVERRIDES, **extra})
+  return config_lib.load_config(os.path.join(REPO, "configs", spec), {**base, **extra})
+
+
+def tiny_config(**overrides):
+  """configs/gpt_lm.py with a tiny model; keyword overrides use '__' for '.'."""
+  return load_test_config("gpt_lm.py:size=tiny", TINY_OVERRIDES, **overrides)
 
 
 def assert_one_line_error(excinfo, *fragments):
@@ -61,3 +68,23 @@ def run_main(workdir, *flags, timeout=300, env=None, **overrides):
   import subprocess  # pylint: disable=import-outside-toplevel
   return subprocess.run(main_command(workdir, *flags, **overrides), cwd=REPO, timeout=timeout,
                         capture_output=True, text=True, env=env, check=False)
+
+
+def short_run(tmp_path_factory, config, name: str):
+  """(workdir, summary, trainer) of a run of `config` in a fresh workdir named after `name`."""
+  from genvis.train.trainer import Trainer  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp(name))
+  trainer = Trainer(config, workdir)
+  return workdir, trainer.train(), trainer
+
+
+@pytest.fixture(scope="module", name="task")
+def fixture_task(run):
+  """The task of the test module's `run` fixture (a short_run)."""
+  return run[2].task
+
+
+@pytest.fixture(scope="module", name="params")
+def fixture_params(run):
+  """The latest checkpoint's parameters of the test module's `run` fixture (a short_run)."""
+  return run[2].restore_latest().params

@@ -44,7 +44,6 @@ import numpy as np
 from genvis.convert import hf_files
 from genvis.errors import UserError
 from genvis.models import clip
-from genvis.nn import partitioning as P
 
 # Model fields an import may change: they do not alter what the weights compute.
 RUNTIME_FIELDS = ("scan_layers", "remat", "dtype", "param_dtype", "dropout",

@@ -49,6 +49,7 @@ import optax
 
 from genvis.data import digits as digits_lib
 from genvis.errors import UserError
+from genvis.train.distributed import map_in_chunks
 
 IMAGE_SHAPE = (digits_lib.NATIVE_SIZE, digits_lib.NATIVE_SIZE, 1)
 FEATURE_DIM = 64
@@ -199,25 +200,16 @@ def _apply_features(params, images):
   return model.apply(params, images, method="embed")
 
 
-def _in_chunks(apply_fn, params, images: np.ndarray) -> np.ndarray:
-  """apply_fn over fixed-size chunks (last one zero-padded), so one compile serves all N."""
-  outputs = []
-  for start in range(0, len(images), FEATURE_CHUNK):
-    chunk = images[start:start + FEATURE_CHUNK]
-    padded = np.zeros((FEATURE_CHUNK, *IMAGE_SHAPE), np.float32)
-    padded[:len(chunk)] = chunk
-    outputs.append(np.asarray(apply_fn(params, padded))[:len(chunk)])
-  return np.concatenate(outputs)
-
-
 def classifier_features(params, images) -> np.ndarray:
   """Penultimate-layer features float32 [N, feature_dim] of images [N, 8, 8, 1] in [-1, 1]."""
-  return _in_chunks(_apply_features, params, _check_images("images", images))
+  return map_in_chunks(lambda chunk: _apply_features(params, chunk),
+                       _check_images("images", images), FEATURE_CHUNK)
 
 
 def classifier_accuracy(params, images, labels) -> float:
   """Fraction of `images` whose arg-max logit is the label."""
   images = _check_images("images", images)
   labels = _check_labels("labels", labels, len(images))
-  predictions = _in_chunks(_apply_logits, params, images).argmax(axis=1)
+  predictions = map_in_chunks(lambda chunk: _apply_logits(params, chunk), images,
+                              FEATURE_CHUNK).argmax(axis=1)
   return float(np.mean(predictions == labels))

@@ -39,7 +39,7 @@ from genvis.models import clip, vit
 from genvis.nn import contrastive
 from genvis.nn.transformer import stack_flops
 from genvis.tasks.base import Task
-from genvis.train.distributed import gather_to_host
+from genvis.train.distributed import map_in_chunks
 
 ENCODE_CHUNK = 256  # images or captions per compiled encoder call
 
@@ -138,7 +138,8 @@ class ContrastiveTask(Task):
 
   def encode_images(self, params, images: np.ndarray) -> np.ndarray:
     """[N, E] unit image embeddings, in fixed-size chunks (one compiled shape)."""
-    return _chunked(_encoder(self.model, "encode_images"), params, images)
+    encode = _encoder(self.model, "encode_images")
+    return map_in_chunks(lambda chunk: encode(params, chunk), images, ENCODE_CHUNK)
 
   def encode_texts(self, params, texts) -> np.ndarray:
     """[N, E] unit embeddings of caption strings, tokenised as the training captions."""
@@ -146,7 +147,8 @@ class ContrastiveTask(Task):
                                                             self.model_config.max_len))
 
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
-    return _chunked(_encoder(self.model, "encode_texts"), params, tokens)
+    encode = _encoder(self.model, "encode_texts")
+    return map_in_chunks(lambda chunk: encode(params, chunk), tokens, ENCODE_CHUNK)
 
   def test_image_embeddings(self, params) -> np.ndarray:
     """The test images' embeddings, computed once per evaluation: the evaluators are called
@@ -216,16 +218,6 @@ def _in_batch_accuracy(image_emb, text_emb, batch):
 def _encoder(model: clip.CLIP, method: str):
   return jax.jit(lambda params, x: model.apply({"params": params}, x,
                                                method=getattr(clip.CLIP, method)))
-
-
-def _chunked(encode, params, inputs: np.ndarray) -> np.ndarray:
-  outputs = []
-  for start in range(0, len(inputs), ENCODE_CHUNK):
-    chunk = inputs[start:start + ENCODE_CHUNK]
-    padding = ENCODE_CHUNK - len(chunk)
-    chunk = np.pad(chunk, [(0, padding)] + [(0, 0)] * (chunk.ndim - 1))
-    outputs.append(gather_to_host(encode(params, chunk))[:ENCODE_CHUNK - padding])
-  return np.concatenate(outputs, axis=0)
 
 
 def flops_per_pair(config: clip.CLIPConfig) -> float:

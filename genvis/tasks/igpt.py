@@ -44,6 +44,7 @@ from genvis.eval import probe
 from genvis.models import gpt
 from genvis.sampling import generate, image_grid
 from genvis.tasks.base import Task
+from genvis.train.distributed import map_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +220,9 @@ class ImageGPTTask(Task):
     """[num_layers, N, D]: each block's output, normalised at each position (ImageGPT's
     n^l = norm(h^l), here without the next block's learned gain) and averaged over the
     positions, start token included: the features ImageGPT's linear probes read."""
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     inputs = self.shifted(self.tokens(images))
     pooled = _pooled_layers(self.model)
-    features = []
-    for start in range(0, len(inputs), batch_size):
-      chunk = inputs[start:start + batch_size]
-      padding = batch_size - len(chunk)  # one compiled shape for every chunk
-      chunk = np.pad(chunk, ((0, padding), (0, 0)))
-      # The output follows the (possibly multi-host) params' sharding: gather it whole.
-      pooled_chunk = multihost_utils.process_allgather(pooled(params, chunk), tiled=True)
-      features.append(np.asarray(pooled_chunk)[:, :batch_size - padding])
-    return np.concatenate(features, axis=1)
+    return map_in_chunks(lambda chunk: pooled(params, chunk), inputs, batch_size, out_axis=1)
 
 
 @functools.lru_cache(maxsize=4)

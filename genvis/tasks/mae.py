@@ -32,12 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from genvis.data.image_batches import ImageBatches
-from genvis.errors import UserError
 from genvis.models import mae, vit
 from genvis.nn.patches import patchify, unpatchify
 from genvis.nn.transformer import stack_flops
 from genvis.sampling import image_grid
-from genvis.train.distributed import gather_to_host
+from genvis.train.distributed import gather_to_host, map_in_chunks
 from genvis.tasks.base import Task
 
 # Evaluation masks do not depend on config.seed: runs with different seeds score the same
@@ -167,13 +166,7 @@ class MAETask(Task):
     """[N, D]: the encoder's tokens of whole, unmasked images averaged over the patches
     (the class token left out), for linear probes."""
     pooled = _pooled_patches(self.model)
-    features = []
-    for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
-      padding = batch_size - len(chunk)  # one compiled shape for every chunk
-      chunk = np.pad(chunk, ((0, padding), (0, 0), (0, 0), (0, 0)))
-      features.append(gather_to_host(pooled(params, chunk))[:batch_size - padding])
-    return np.concatenate(features, axis=0)
+    return map_in_chunks(lambda chunk: pooled(params, chunk), images, batch_size)
 
 
 @functools.lru_cache(maxsize=4)

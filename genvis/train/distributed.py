@@ -55,3 +55,22 @@ def gather_to_host(array):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def map_in_chunks(fn, inputs, chunk_size: int, *, out_axis: int = 0):
+  """fn over `inputs` in chunks of `chunk_size` rows, as numpy.
+
+  The last chunk is zero-padded to `chunk_size` rows, so one compiled shape serves any number
+  of rows. Each output is gathered whole to this host (`gather_to_host`) and its padding
+  rows dropped; `out_axis` is the axis of fn's output that runs over the rows, along which the
+  outputs are concatenated.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  inputs = np.asarray(inputs)
+  outputs = []
+  for start in range(0, len(inputs), chunk_size):
+    chunk = inputs[start:start + chunk_size]
+    rows = len(chunk)
+    chunk = np.pad(chunk, [(0, chunk_size - rows)] + [(0, 0)] * (chunk.ndim - 1))
+    outputs.append(np.take(gather_to_host(fn(chunk)), np.arange(rows), axis=out_axis))
+  return np.concatenate(outputs, axis=out_axis)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import REPO
+from conftest import REPO, load_test_config
 from genvis import config_lib
 from genvis.errors import UserError
 from genvis.models import vit
@@ -34,17 +34,13 @@ COMMON = {
 
 
 def vit_config(arg="data=digits", **overrides):
-  extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(os.path.join(REPO, f"configs/vit.py:{arg}"),
-                                {**COMMON, **extra})
+  return load_test_config(f"vit.py:{arg}", COMMON, **overrides)
 
 
 def mae_config(**overrides):
-  extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(
-      os.path.join(REPO, "configs/mae.py:data=digits"),
-      {**COMMON, "model.decoder_d_model": 8, "model.decoder_layers": 1,
-       "model.decoder_heads": 2, "sample.num_samples": 0, **extra})
+  return load_test_config(
+      "mae.py:data=digits", {**COMMON, "model.decoder_d_model": 8, "model.decoder_layers": 1,
+                             "model.decoder_heads": 2, "sample.num_samples": 0}, **overrides)
 
 
 def flat(params):

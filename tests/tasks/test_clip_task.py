@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
-from genvis import config_lib
+from conftest import load_test_config, short_run
 from genvis.data import caption_tokens, tokenizers
 from genvis.errors import UserError
 from genvis.nn import contrastive
@@ -30,17 +29,13 @@ OVERRIDES = {
 
 
 def clip_config(variant="data=digits", **overrides):
-  extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(os.path.join(REPO, f"configs/clip.py:{variant}"),
-                                {**OVERRIDES, **extra})
+  return load_test_config(f"clip.py:{variant}", OVERRIDES, **overrides)
 
 
 @pytest.fixture(scope="module", name="run")
 def fixture_run(tmp_path_factory):
   """(workdir, summary, trainer) of a 3-step CLIP run on digits."""
-  workdir = str(tmp_path_factory.mktemp("clip"))
-  trainer = Trainer(clip_config(), workdir)
-  return workdir, trainer.train(), trainer
+  return short_run(tmp_path_factory, clip_config(), "clip")
 
 
 def test_batches_hold_pairs_with_eot_terminated_tokens(run):

@@ -15,12 +15,10 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO
-from genvis import config_lib
+from conftest import load_test_config, short_run
 from genvis.data import digits
 from genvis.errors import UserError
 from genvis.tasks import igpt
-from genvis.train.trainer import Trainer
 
 OVERRIDES = {
     "model.num_layers": 2,
@@ -40,27 +38,13 @@ OVERRIDES = {
 
 
 def igpt_config(data="digits", **overrides):
-  extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(os.path.join(REPO, f"configs/igpt.py:data={data}"),
-                                {**OVERRIDES, **extra})
+  return load_test_config(f"igpt.py:data={data}", OVERRIDES, **overrides)
 
 
 @pytest.fixture(scope="module", name="run")
 def fixture_run(tmp_path_factory):
   """(workdir, summary, trainer) of a 3-step digits run."""
-  workdir = str(tmp_path_factory.mktemp("igpt"))
-  trainer = Trainer(igpt_config(), workdir)
-  return workdir, trainer.train(), trainer
-
-
-@pytest.fixture(scope="module", name="task")
-def fixture_task(run):
-  return run[2].task
-
-
-@pytest.fixture(scope="module", name="params")
-def fixture_params(run):
-  return run[2].restore_latest().params
+  return short_run(tmp_path_factory, igpt_config(), "igpt")
 
 
 def test_sizes_come_from_the_data(task):

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_one_line_error
-from genvis import config_lib
+from conftest import assert_one_line_error, load_test_config
 from genvis.diffusion import losses
 from genvis.errors import UserError
 from genvis.sampling import image_grid
@@ -66,9 +65,7 @@ DIGITS = {
 
 
 def sde_config(variant="data=gmm", base=None, **overrides):
-  extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(os.path.join(REPO, f"configs/sde.py:{variant}"),
-                                {**(TOY if base is None else base), **extra})
+  return load_test_config(f"sde.py:{variant}", TOY if base is None else base, **overrides)
 
 
 @pytest.fixture(scope="module", name="toy_run")

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, tiny_config
-from genvis import config_lib, main
+from conftest import TINY_OVERRIDES, load_test_config, tiny_config
+from genvis import main
 from genvis.errors import UserError
 from genvis.models import gpt
 from genvis.models.gpt_classifier import GPTClassifier
@@ -22,7 +22,7 @@ from genvis.tasks.sft import SupervisedFineTuningTask
 from genvis.train.checkpoint import ParamsSource
 from genvis.train.trainer import Trainer
 
-SFT_SPEC = "configs/gpt_sft.py:size=tiny"
+SFT_SPEC = "gpt_sft.py:size=tiny"
 SFT_OVERRIDES = {**TINY_OVERRIDES, "train.steps": 3, "eval.num_batches": -1,
                  "sample.num_samples": 0}
 HEAD = {"cls_head/kernel", "cls_head/bias"}
@@ -30,8 +30,7 @@ HEAD = {"cls_head/kernel", "cls_head/bias"}
 
 def sft_config(**overrides):
   """configs/gpt_sft.py with tiny_config's model; keyword overrides use '__' for '.'."""
-  extra = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.load_config(os.path.join(REPO, SFT_SPEC), {**SFT_OVERRIDES, **extra})
+  return load_test_config(SFT_SPEC, SFT_OVERRIDES, **overrides)
 
 
 def flat(params) -> dict:
