@@ -29,6 +29,19 @@ TINY_OVERRIDES = {
 }
 
 
+# A 3-step run of batch 16 that logs every step, evaluates and checkpoints only at the end
+# (the task tests' short runs; each adds its tiny model).
+SHORT_RUN_OVERRIDES = {
+    "data.batch_size": 16,
+    "train.steps": 3,
+    "train.log_every": 1,
+    "train.progress_bar": False,
+    "optim.warmup_steps": 1,
+    "eval.every": 0,
+    "checkpoint.every": 1000,
+}
+
+
 def load_test_config(spec: str, base: dict, **overrides):
   """configs/<spec> ("file.py:variant") with the `base` overrides, then the keyword ones
   (which use '__' for '.')."""

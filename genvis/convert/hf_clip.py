@@ -185,19 +185,6 @@ def _hf_shape(path: tuple, shape: tuple, config: clip.CLIPConfig) -> tuple:
   return (math.prod(shape[in_dims:]), math.prod(shape[:in_dims]))
 
 
-def _to_genvis(path: tuple, values: list, shape: tuple) -> np.ndarray:
-  """HF tensor(s) -> the genvis parameter of `shape`."""
-  if path[-2:] == ("patch_embed", "kernel"):  # [D, C, py, px] -> [(py, px, c), D]
-    return values[0].transpose(2, 3, 1, 0).reshape(shape)
-  if path[-2:-1] == ("qkv",):
-    if path[-1] == "kernel":
-      return np.stack([v.T for v in values], axis=1).reshape(shape)
-    return np.stack(values).reshape(shape)
-  if path[-1] == "kernel":  # torch Linear weights are [out, in]
-    return values[0].T.reshape(shape)
-  return values[0].reshape(shape)
-
-
 def import_params(state_dict: Mapping, config: clip.CLIPConfig) -> dict:
   """genvis params (numpy, config.param_dtype; the log-scale float32) with exactly the tree
   of `CLIP(config).init`, from a CLIPModel state dict (numpy arrays or torch tensors)."""
@@ -220,7 +207,7 @@ def import_params(state_dict: Mapping, config: clip.CLIPConfig) -> dict:
         raise UserError(f"key {name!r} has shape {tuple(value.shape)}, expected {hf_shape} "
                         f"from config.json ({sizes})")
       values.append(value.astype(np.float32))
-    flat[path] = _to_genvis(path, values, spec.shape).astype(spec.dtype)
+    flat[path] = hf_files.vit_param_from_hf(path, values, spec.shape).astype(spec.dtype)
   hf_files.refuse_leftovers(tensors, ARCHITECTURE, sizes)
   params = flax.traverse_util.unflatten_dict(flat)
   return hf_files.stack_layers(params) if config.scan_layers else params

@@ -4,7 +4,8 @@ Reading needs only `safetensors` (its numpy API) for model.safetensors (single o
 torch is imported only for a legacy pytorch_model.bin, loaded with `weights_only=True` so a
 pickle cannot run code. Writing produces config.json + model.safetensors, the layout
 transformers' `from_pretrained` reads. Model-specific name mapping lives with each model
-(hf_gpt.py); this file knows nothing about names.
+(hf_gpt.py, hf_clip.py, hf_mae.py); this file only knows the tensor layouts that the ViT-style
+converters share (`vit_param_from_hf`).
 """
 
 import json
@@ -115,3 +116,18 @@ def stack_layers(tree):
     layers = [tree[f"layer_{i}"] for i in range(len(tree))]
     return {"layers": jax.tree.map(lambda *x: np.stack(x), *layers)}
   return {k: stack_layers(v) for k, v in tree.items()}
+
+
+def vit_param_from_hf(path: tuple, values: list, shape: tuple) -> np.ndarray:
+  """Hugging Face (PyTorch) tensor(s) -> the genvis parameter at `path` of `shape`, for the
+  ViT-style towers of CLIP and MAE: the patch embedding's convolution, q/k/v given as three
+  tensors, Linear weights stored [out, in]."""
+  if path[-2:] == ("patch_embed", "kernel"):  # [D, C, py, px] -> [(py, px, c), D]
+    return values[0].transpose(2, 3, 1, 0).reshape(shape)
+  if path[-2:-1] == ("qkv",):
+    if path[-1] == "kernel":
+      return np.stack([v.T for v in values], axis=1).reshape(shape)
+    return np.stack(values).reshape(shape)
+  if path[-1] == "kernel":  # torch Linear weights are [out, in]
+    return values[0].T.reshape(shape)
+  return values[0].reshape(shape)

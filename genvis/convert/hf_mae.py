@@ -213,19 +213,6 @@ def _hf_shape(path: tuple, shape: tuple, config: vit.ViTConfig) -> tuple:
   return (math.prod(shape[in_dims:]), math.prod(shape[:in_dims]))
 
 
-def _to_genvis(path: tuple, values: list, shape: tuple) -> np.ndarray:
-  """HF tensor(s) -> the genvis parameter of `shape`."""
-  if path[-2:] == ("patch_embed", "kernel"):  # [D, C, py, px] -> [(py, px, c), D]
-    return values[0].transpose(2, 3, 1, 0).reshape(shape)
-  if path[-2:-1] == ("qkv",):
-    if path[-1] == "kernel":
-      return np.stack([v.T for v in values], axis=1).reshape(shape)
-    return np.stack(values).reshape(shape)
-  if path[-1] == "kernel":
-    return values[0].T.reshape(shape)
-  return values[0].reshape(shape)
-
-
 def _check_positions(tensors: dict, name: str, table: np.ndarray, layout: _Layout):
   """Pops a frozen sin-cos table and checks it is the one genvis computes."""
   if name not in tensors:
@@ -279,7 +266,7 @@ def params_from_hf(state_dict: Mapping, config, layout: _Layout) -> dict:
         raise UserError(f"key {name!r} has shape {tuple(value.shape)}, expected {hf_shape} "
                         f"from config.json ({sizes})")
       values.append(value.astype(np.float32))
-    flat[path] = _to_genvis(path, values, spec.shape).astype(dtype)
+    flat[path] = hf_files.vit_param_from_hf(path, values, spec.shape).astype(dtype)
   hf_files.refuse_leftovers(tensors, layout.architecture, sizes)
   params = flax.traverse_util.unflatten_dict(flat)
   return hf_files.stack_layers(params) if config.scan_layers else params

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import REPO, load_test_config
+from conftest import REPO, SHORT_RUN_OVERRIDES, load_test_config
 from genvis import config_lib
 from genvis.errors import UserError
 from genvis.models import vit
@@ -21,16 +21,7 @@ from genvis.tasks import classify
 from genvis.train.trainer import Trainer
 
 ENCODER = {"model.num_layers": 2, "model.d_model": 16, "model.num_heads": 2}
-COMMON = {
-    **ENCODER,
-    "data.batch_size": 16,
-    "train.steps": 3,
-    "train.log_every": 1,
-    "train.progress_bar": False,
-    "optim.warmup_steps": 1,
-    "eval.every": 0,
-    "checkpoint.every": 1000,
-}
+COMMON = {**ENCODER, **SHORT_RUN_OVERRIDES}
 
 
 def vit_config(arg="data=digits", **overrides):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_test_config, short_run
+from conftest import SHORT_RUN_OVERRIDES, load_test_config, short_run
 from genvis.data import caption_tokens, tokenizers
 from genvis.errors import UserError
 from genvis.nn import contrastive
@@ -22,9 +22,7 @@ OVERRIDES = {
     "model.vision_layers": 1, "model.vision_d_model": 16, "model.vision_heads": 2,
     "model.text_layers": 1, "model.text_d_model": 16, "model.text_heads": 2,
     "model.embed_dim": 8, "model.max_len": 12, "model.vocab_size": 300,
-    "data.batch_size": 16, "train.steps": 3, "train.log_every": 1,
-    "train.progress_bar": False, "optim.warmup_steps": 1, "eval.every": 0,
-    "eval.num_batches": 2, "checkpoint.every": 1000,
+    **SHORT_RUN_OVERRIDES, "eval.num_batches": 2,
 }
 
 

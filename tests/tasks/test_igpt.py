@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import load_test_config, short_run
+from conftest import SHORT_RUN_OVERRIDES, load_test_config, short_run
 from genvis.data import digits
 from genvis.errors import UserError
 from genvis.tasks import igpt
@@ -25,13 +25,7 @@ OVERRIDES = {
     "model.d_model": 16,
     "model.num_heads": 2,
     "model.dropout": 0.0,
-    "data.batch_size": 16,
-    "train.steps": 3,
-    "train.log_every": 1,
-    "train.progress_bar": False,
-    "optim.warmup_steps": 1,
-    "eval.every": 0,
-    "checkpoint.every": 1000,
+    **SHORT_RUN_OVERRIDES,
     "sample.num_samples": 2,
     "sample.completions": 2,
 }

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import load_test_config, short_run
+from conftest import SHORT_RUN_OVERRIDES, load_test_config, short_run
 from genvis.errors import UserError
 from genvis.tasks import mae as mae_task
 
@@ -27,13 +27,7 @@ OVERRIDES = {
     "model.decoder_d_model": 8,
     "model.decoder_layers": 1,
     "model.decoder_heads": 2,
-    "data.batch_size": 16,
-    "train.steps": 3,
-    "train.log_every": 1,
-    "train.progress_bar": False,
-    "optim.warmup_steps": 1,
-    "eval.every": 0,
-    "checkpoint.every": 1000,
+    **SHORT_RUN_OVERRIDES,
     "sample.num_samples": 2,
 }
 
