@@ -220,7 +220,9 @@ class Trainer:
         for name, value in local.items()
     }
 
-  def compile_train_step(self):
+  def compile_train_step(self, compiler_options: dict | None = None):
+    """The train step, jitted with the state's and batch's shardings and compiled;
+    `compiler_options`: XLA options for this compile only (e.g. {"xla_cpu_ftz": True})."""
     step = make_train_step(self.task, self.tx,
                            grad_accum_steps=self.config.train.grad_accum_steps,
                            ema_decay=self.config.train.ema_decay)
@@ -231,7 +233,7 @@ class Trainer:
              for k, s in self.task.batch_spec().items()}
     self._check_train_config(batch)
     with self.sharding_context():
-      compiled = jitted.lower(self.abstract_state, batch).compile()
+      compiled = jitted.lower(self.abstract_state, batch).compile(compiler_options)
     # Again, right before stepping: TensorFlow (tfds input pipelines) resets malloc's settings
     # in some runs, and the steps then page-fault their temporaries again.
     host_memory.keep_freed_memory_on_cpu_hosts()

@@ -64,3 +64,13 @@ def test_mae_digits_smoke_reports_mse_baselines_probes_and_speedup(tmp_path):
   assert result["speedup_visible_only"]["decoder_depth_1"] == pytest.approx(
       times["with_mask_tokens"] / times["visible_only"], rel=0.02)
   assert "reconstructions_step3.png" in result["pngs"]
+
+
+def test_step_options_times_each_variant_against_the_first(tmp_path):
+  text = tmp_path / "text.txt"
+  text.write_text("To be, or not to be, that is the question.\n" * 500, encoding="utf-8")
+  result = run_bench("step_options.py", "--data", str(text), "--rounds", "2", "--variants",
+                     json.dumps({"base": {}, "ftz": {"xla_cpu_ftz": True}}))
+  assert result["config"] == "tiny" and set(result["variants"]) == {"base", "ftz"}
+  assert result["variants"]["base"]["ratio"] == 1.0
+  assert 0 < result["variants"]["ftz"]["min_ms"] <= result["variants"]["ftz"]["median_ms"]
