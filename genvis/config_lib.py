@@ -9,6 +9,7 @@ import ml_collections
 
 from genvis import atomic_files
 from genvis.errors import UserError
+from genvis.train import xla_options
 from genvis.train.mesh import DEFAULT_RULES
 
 
@@ -27,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_accum_steps=1,
       ema_decay=0.0,  # 0: no EMA of parameters
       progress_bar=True,
+      # XLA options for the step's compile; each backend gets its own (xla_gpu_*, xla_cpu_*,
+      # xla_tpu_*) and the unprefixed ones (genvis/train/xla_options.py).
+      xla_options=dict(xla_options.DEFAULT),
   )
   c.optim = dict(
       name="adamw",

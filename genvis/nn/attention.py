@@ -1,16 +1,20 @@
-"""Multi-head self-attention through `jax.nn.dot_product_attention`, with a KV cache.
+"""Multi-head self-attention with a KV cache.
 
-Attention goes through `jax.nn.dot_product_attention`, so the same code runs XLA's attention
-on CPU/TPU and, with `implementation="cudnn"`, the fused cuDNN flash kernel on GPUs. That
-function has no dropout on the attention weights, so when training with `dropout_rate > 0`
-(GPT-1/2's attn_pdrop) the weights are computed explicitly instead (`attention_with_dropout`):
-same math, plus dropout.
+`implementation="cudnn"` runs cuDNN's fused flash kernel through `jax.nn.dot_product_attention`;
+`""` (the default) lets that function choose on GPUs and TPUs. XLA's attention ("xla", and ""
+on CPUs) is written out here instead (`softmax_attention`): the same math as the XLA path of
+`jax.nn.dot_product_attention`, but on [B, N, T, S] arrays, where that path vmaps into 5-D
+ones with a leading 1. XLA:CPU's YNNPACK reduces the latter about 10x slower (the softmax
+gradient's row sums: 633 against 66 us for [12, 4, 64, 64]), which cost the tiny GPT's train
+step 4-6 % (experiments/results/lm/README.md). The written-out form also serves dropout on
+the attention weights (GPT-1/2's attn_pdrop), which `jax.nn.dot_product_attention` lacks.
 
 Local (banded) attention, GPT-3's sparse layers: with `local_window = w > 0` a query at
 position t sees only keys at t-w+1 .. t (causal), the band of the Sparse Transformer's local
-pattern. The static window goes to the kernel (`local_window_size`), which can skip the
-masked blocks; `window` passed at call time (a traced per-layer value, used when scanned
-layers alternate dense and local) is applied as an explicit mask, 0 meaning dense.
+pattern. Through `jax.nn.dot_product_attention` a static window goes to the kernel
+(`local_window_size`), which can skip the masked blocks; written out, and for a `window`
+passed at call time (a traced per-layer value, used when scanned layers alternate dense and
+local), it is a mask, 0 meaning dense.
 
 Decoding keeps the keys and values of earlier positions in the "cache" collection:
 `cached_key`/`cached_value` of shape [batch, cache_len, heads, head_dim] and, per row, the
@@ -18,7 +22,8 @@ number of positions written so far, `cache_index` [batch]. Calling the module wi
 `decode=True` on a chunk of T tokens (a whole prompt, or one token) writes each row's chunk
 at its own `cache_index` and attends to everything written so far, so a prompt is prefilled
 in one call, and rows of a batch may sit at different positions (prompts of different
-lengths, see genvis/sampling/generate.py).
+lengths, see genvis/sampling/generate.py). Cached steps take XLA's attention through
+`jax.nn.dot_product_attention`, with that per-row mask, on every backend.
 """
 
 import flax.linen as nn
@@ -67,17 +72,19 @@ class SelfAttention(nn.Module):
       return self._project_out(out, d_model)
     if self.decode:  # the first (initialising) call only creates the cache
       self._cache_variables(k, v)
-    if (self.dropout_rate > 0 and not self.deterministic) or _is_traced(window):
-      positions = jnp.arange(x.shape[1])
-      mask = attention_mask(positions, positions, causal=self.causal, window=window)
-      rate = 0.0 if self.deterministic else self.dropout_rate
-      out = attention_with_dropout(q, k, v, mask, rate,
-                                   self.make_rng("dropout") if rate > 0 else None)
-    else:
+    rate = 0.0 if self.deterministic else self.dropout_rate
+    through_jax = self.implementation == "cudnn" or (
+        not self.implementation and jax.default_backend() != "cpu")
+    if through_jax and rate == 0 and not _is_traced(window):
       band = None if not window else ((window - 1, 0) if self.causal else window - 1)
       out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
                                          local_window_size=band,
                                          implementation=self.implementation or None)
+    else:
+      positions = jnp.arange(x.shape[1])
+      mask = attention_mask(positions, positions, causal=self.causal, window=window)
+      out = softmax_attention(q, k, v, mask, rate,
+                              self.make_rng("dropout") if rate > 0 else None)
     return self._project_out(out, d_model)
 
   def _project_out(self, out, d_model):
@@ -128,7 +135,7 @@ def attention_mask(query_pos, key_pos, *, causal: bool, window=None):
   return allowed
 
 
-def attention_with_dropout(q, k, v, mask, rate: float, rng):
+def softmax_attention(q, k, v, mask, rate: float = 0.0, rng=None):
   """softmax(q k^T / sqrt(d)) over the `mask`ed keys, with dropout on the weights (when
   rate > 0), then times v; q, k, v and the output are [B, T, N, H], mask [T, S].
 

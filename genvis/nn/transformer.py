@@ -51,7 +51,8 @@ class TransformerConfig:
   # comma-separated "dense"/"local" per layer; local layers see `local_window` positions.
   attention_pattern: str = "dense"
   local_window: int = 0
-  attention_impl: str = ""  # "": JAX's default; "xla"; "cudnn" (fused flash attention, GPU)
+  # "": JAX's choice (written-out XLA attention on CPUs); "xla"; "cudnn" (fused flash, GPUs)
+  attention_impl: str = ""
   init_std: float = 0.02
   scan_layers: bool = False
   remat: str = "none"  # "none", "full" or "dots"

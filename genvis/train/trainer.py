@@ -33,6 +33,7 @@ from genvis.tasks import build_task
 from genvis.train import host_memory
 from genvis.train import mesh as mesh_lib
 from genvis.train import mfu as mfu_lib
+from genvis.train import xla_options
 from genvis.train.checkpoint import Checkpointer, ParamsSource
 from genvis.train.metric_writers import MetricWriter, plot_loss_curve
 from genvis.train.optimizer import make_optimizer, schedule
@@ -221,8 +222,9 @@ class Trainer:
     }
 
   def compile_train_step(self, compiler_options: dict | None = None):
-    """The train step, jitted with the state's and batch's shardings and compiled;
-    `compiler_options`: XLA options for this compile only (e.g. {"xla_cpu_ftz": True})."""
+    """The train step, jitted with the state's and batch's shardings and compiled with
+    `config.train.xla_options` for this backend, updated by `compiler_options` (e.g.
+    {"xla_cpu_ftz": True}: for this compile only)."""
     step = make_train_step(self.task, self.tx,
                            grad_accum_steps=self.config.train.grad_accum_steps,
                            ema_decay=self.config.train.ema_decay)
@@ -233,7 +235,10 @@ class Trainer:
              for k, s in self.task.batch_spec().items()}
     self._check_train_config(batch)
     with self.sharding_context():
-      compiled = jitted.lower(self.abstract_state, batch).compile(compiler_options)
+      options = {**xla_options.for_backend(self.config.train.xla_options,
+                                           self.mesh.devices.flat[0].platform),
+                 **(compiler_options or {})}
+      compiled = jitted.lower(self.abstract_state, batch).compile(options)
     # Again, right before stepping: TensorFlow (tfds input pipelines) resets malloc's settings
     # in some runs, and the steps then page-fault their temporaries again.
     host_memory.keep_freed_memory_on_cpu_hosts()

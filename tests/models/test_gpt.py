@@ -9,6 +9,7 @@ import pytest
 
 from genvis.errors import UserError
 from genvis.models import gpt
+from genvis.nn.attention import attention_mask, softmax_attention
 
 SMALL = dict(vocab_size=37, num_layers=2, d_model=32, num_heads=4, max_len=16)
 
@@ -191,16 +192,18 @@ def test_sequence_longer_than_context_is_an_error(small_model):
     apply(model, params, jnp.ones((1, 17), jnp.int32))
 
 
-def test_attention_dropout_path_matches_the_fused_path_without_dropout():
-  from genvis.nn.attention import attention_mask, attention_with_dropout  # pylint: disable=import-outside-toplevel
+@pytest.mark.parametrize("window", [0, 3])
+def test_written_out_attention_matches_jax_nn_causal_and_banded(window):
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 9, 3, 8)), jnp.float32) for _ in range(3))
-  fused = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-  causal = attention_mask(jnp.arange(9), jnp.arange(9), causal=True)
-  # rate -> 0: every weight kept, so the explicit path must equal the fused one.
-  explicit = attention_with_dropout(q, k, v, causal, 1e-9, jax.random.key(0))
+  fused = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                       local_window_size=(window - 1, 0) if window else None)
+  mask = attention_mask(jnp.arange(9), jnp.arange(9), causal=True, window=window)
+  np.testing.assert_allclose(softmax_attention(q, k, v, mask), fused, rtol=1e-5, atol=1e-6)
+  # rate -> 0: every weight kept, so the dropout path must equal it too.
+  explicit = softmax_attention(q, k, v, mask, 1e-9, jax.random.key(0))
   np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-6)
-  dropped = attention_with_dropout(q, k, v, causal, 0.5, jax.random.key(0))
+  dropped = softmax_attention(q, k, v, mask, 0.5, jax.random.key(0))
   assert np.abs(np.asarray(dropped) - np.asarray(fused)).max() > 1e-2
 
 

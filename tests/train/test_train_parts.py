@@ -1,4 +1,4 @@
-"""Mesh resolution, optimizer and schedule, TensorBoard files, MFU peak."""
+"""Mesh resolution, optimizer and schedule, TensorBoard files, MFU peak, XLA options."""
 
 import jax
 import ml_collections
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genvis.errors import UserError
-from genvis.train import event_file, mesh, mfu, optimizer
+from genvis.train import event_file, mesh, mfu, optimizer, xla_options
 
 
 def test_mesh_shape_fills_minus_one_and_rejects_bad_shapes():
@@ -20,7 +20,7 @@ def test_mesh_shape_fills_minus_one_and_rejects_bad_shapes():
 
 def test_mesh_axes_are_auto_and_rules_resolve():
   config = ml_collections.ConfigDict({"shape": (2, 2, 2), "rules": mesh.DEFAULT_RULES})
-  m = mesh.make_mesh(config)
+  m = mesh.make_mesh(config, jax.devices("cpu"))  # 8 simulated (tests/conftest.py)
   assert m.axis_names == mesh.AXES
   assert all(t == jax.sharding.AxisType.Auto for t in m.axis_types)
   assert mesh.batch_sharding(m, mesh.rules(config)).spec[0] == ("data", "fsdp")
@@ -74,9 +74,10 @@ def test_tensorboard_reads_our_event_file(tmp_path):
 
 
 def test_cpu_peak_is_measured_and_plausible():
-  peak = mfu.device_peak_flops()
+  cpu = jax.devices("cpu")[0]
+  peak = mfu.device_peak_flops(cpu)
   assert 1e9 < peak < 1e13
-  assert mfu.device_peak_flops() == peak  # measured once per process
+  assert mfu.device_peak_flops(cpu) == peak  # measured once per process
 
 
 def test_weight_decay_mask_is_by_name_not_rank():
@@ -110,3 +111,12 @@ def test_layer_decay_needs_a_layer_order_and_a_sane_value():
     optimizer.make_optimizer(optim_config(layer_decay=0.75), 10)
   with pytest.raises(UserError, match=r"layer_decay=1.5 must be in \(0, 1\]"):
     optimizer.make_optimizer(optim_config(layer_decay=1.5), 10, (lambda names: 0, 1))
+
+
+def test_xla_options_go_to_their_own_backend_only():
+  options = {"xla_gpu_enable_triton_gemm": False, "xla_cpu_ftz": True, "xla_tpu_x": 1,
+             "xla_dump_to": "/tmp/d"}
+  assert xla_options.for_backend(options, "gpu") == {"xla_gpu_enable_triton_gemm": False,
+                                                     "xla_dump_to": "/tmp/d"}
+  assert xla_options.for_backend(options, "cpu") == {"xla_cpu_ftz": True, "xla_dump_to": "/tmp/d"}
+  assert xla_options.for_backend(options, "tpu") == {"xla_tpu_x": 1, "xla_dump_to": "/tmp/d"}

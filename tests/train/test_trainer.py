@@ -11,6 +11,7 @@ import pytest
 
 from conftest import tiny_config
 from genvis.errors import UserError
+from genvis.train import xla_options
 from genvis.train.trainer import Trainer, TrainingDiverged
 
 NO_EXTRAS = dict(sample__num_samples=0, eval__num_batches=0)
@@ -165,3 +166,15 @@ def test_a_checkpoint_older_than_a_model_field_counts_as_its_default(tmp_path):
   with pytest.raises(UserError, match="model.attention_pattern='dense' in the checkpoint, "
                                       "'local' now"):
     banded.check_checkpoint_meta(older, "old")
+
+
+def test_config_xla_options_reach_the_step_compile_on_their_backend_only(tmp_path):
+  own = xla_options.BACKEND_PREFIXES[jax.devices()[0].platform]
+  other = next(p for p in xla_options.BACKEND_PREFIXES.values() if p != own)
+  # No backend knows these names: a compile that saw one would fail naming it.
+  Trainer(tiny_config(train__xla_options={f"{other}no_such_option": True}, **NO_EXTRAS),
+          str(tmp_path / "other")).compile_train_step()
+  trainer = Trainer(tiny_config(train__xla_options={f"{own}no_such_option": True}, **NO_EXTRAS),
+                    str(tmp_path / "own"))
+  with pytest.raises(Exception, match=f"{own}no_such_option"):
+    trainer.compile_train_step()
