@@ -238,7 +238,13 @@ class Trainer:
       options = {**xla_options.for_backend(self.config.train.xla_options,
                                            self.mesh.devices.flat[0].platform),
                  **(compiler_options or {})}
-      compiled = jitted.lower(self.abstract_state, batch).compile(options)
+      lowered = jitted.lower(self.abstract_state, batch)
+      try:
+        compiled = lowered.compile(options)
+      except jax.errors.JaxRuntimeError as e:
+        if not xla_options.is_option_error(e):
+          raise
+        raise UserError(f"config.train.xla_options: {str(e).splitlines()[0]}") from None
     # Again, right before stepping: TensorFlow (tfds input pipelines) resets malloc's settings
     # in some runs, and the steps then page-fault their temporaries again.
     host_memory.keep_freed_memory_on_cpu_hosts()

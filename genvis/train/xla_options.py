@@ -21,3 +21,9 @@ def for_backend(options, platform: str) -> dict:
   own = BACKEND_PREFIXES.get(platform)
   others = tuple(prefix for prefix in BACKEND_PREFIXES.values() if prefix != own)
   return {key: value for key, value in dict(options).items() if not key.startswith(others)}
+
+
+def is_option_error(error: Exception) -> bool:
+  """Whether a compile failed on its options: an unknown name or a value of the wrong type."""
+  message = str(error)
+  return "No such compile option" in message or "While setting option" in message

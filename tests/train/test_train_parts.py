@@ -120,3 +120,12 @@ def test_xla_options_go_to_their_own_backend_only():
                                                      "xla_dump_to": "/tmp/d"}
   assert xla_options.for_backend(options, "cpu") == {"xla_cpu_ftz": True, "xla_dump_to": "/tmp/d"}
   assert xla_options.for_backend(options, "tpu") == {"xla_tpu_x": 1, "xla_dump_to": "/tmp/d"}
+
+
+@pytest.mark.parametrize("options", [{"xla_cpu_no_such_option": True}, {"xla_cpu_ftz": "maybe"}])
+def test_option_errors_are_told_from_other_compile_errors(options):
+  lowered = jax.jit(lambda x: x + 1).lower(jax.ShapeDtypeStruct((2,), np.float32))
+  with pytest.raises(jax.errors.JaxRuntimeError) as excinfo:
+    lowered.compile(options)
+  assert xla_options.is_option_error(excinfo.value)
+  assert not xla_options.is_option_error(RuntimeError("RESOURCE_EXHAUSTED: out of memory"))

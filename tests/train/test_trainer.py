@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import assert_one_line_error, tiny_config
 from genvis.errors import UserError
 from genvis.train import xla_options
 from genvis.train.trainer import Trainer, TrainingDiverged
@@ -176,5 +176,6 @@ def test_config_xla_options_reach_the_step_compile_on_their_backend_only(tmp_pat
           str(tmp_path / "other")).compile_train_step()
   trainer = Trainer(tiny_config(train__xla_options={f"{own}no_such_option": True}, **NO_EXTRAS),
                     str(tmp_path / "own"))
-  with pytest.raises(Exception, match=f"{own}no_such_option"):
+  with pytest.raises(UserError) as excinfo:
     trainer.compile_train_step()
+  assert_one_line_error(excinfo, "config.train.xla_options", f"{own}no_such_option")
