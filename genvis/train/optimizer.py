@@ -1,9 +1,10 @@
 """The optax optimizer and learning-rate schedule from `config.optim`.
 
 AdamW with linear warmup then cosine, linear or no decay to `min_lr`; global-norm gradient
-clipping; weight decay only on kernels and embeddings, never on biases and norm scales (GPT-2/3
-and nanoGPT practice). The choice is by parameter name, not by rank: a fused QKV bias is 3-D
-and a scanned LayerNorm scale is 2-D, yet neither is a weight matrix.
+clipping (with the norm the train step has already computed); weight decay only on kernels
+and embeddings, never on biases and norm scales (GPT-2/3 and nanoGPT practice). The choice is
+by parameter name, not by rank: a fused QKV bias is 3-D and a scanned LayerNorm scale is 2-D,
+yet neither is a weight matrix.
 
 Layer-wise learning-rate decay (`layer_decay` < 1; BEiT, and MAE's fine-tuning): the update
 of a parameter at depth i of a model whose head is at depth L is scaled by
@@ -65,6 +66,23 @@ def scale_by_layer_decay(layer_of: Callable[[tuple[str, ...]], Any], deepest: in
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """`optax.clip_by_global_norm`, except that the caller may pass the norm it has computed
+  already (`update(..., grad_norm=)`), which must then be that of these same updates: the
+  first transform of the chain. The train step computes the norm for its finiteness check,
+  and XLA cannot share one computation between that check and the update inside its
+  `lax.cond`. The state is optax's (empty), so checkpoints do not change."""
+
+  def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+    keep = norm < max_norm
+    clip = lambda t: jax.lax.select(keep, t, (t / norm.astype(t.dtype)) * max_norm)
+    return jax.tree.map(clip, updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(optim_config, total_steps: int, lr_layers=None) -> optax.GradientTransformation:
   """The optimizer `optim_config` describes; `lr_layers` is the task's (layer_of, deepest)
   for layer-wise decay (`Task.lr_layers`)."""
@@ -73,7 +91,7 @@ def make_optimizer(optim_config, total_steps: int, lr_layers=None) -> optax.Grad
     raise UserError(f"config.optim.name={cfg.name!r}: only 'adamw' is implemented")
   parts = []
   if cfg.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(clip_by_global_norm(cfg.clip_norm))
   parts.append(optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, mask=weight_decay_mask))
   layer_decay = cfg.get("layer_decay", 1.0)

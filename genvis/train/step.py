@@ -55,7 +55,8 @@ def make_train_step(task, tx: optax.GradientTransformation, *, grad_accum_steps:
     metrics = {**metrics, "grad_norm": grad_norm, "finite": finite}
 
     def update(state, grads):
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      updates, opt_state = optax.with_extra_args_support(tx).update(
+          grads, state.opt_state, state.params, grad_norm=grad_norm)  # clipping reuses it
       params = optax.apply_updates(state.params, updates)
       ema = state.ema_params
       if ema is not None:

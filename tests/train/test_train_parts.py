@@ -1,8 +1,10 @@
 """Mesh resolution, optimizer and schedule, TensorBoard files, MFU peak, XLA options."""
 
+import chex
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from genvis.errors import UserError
@@ -78,6 +80,25 @@ def test_cpu_peak_is_measured_and_plausible():
   peak = mfu.device_peak_flops(cpu)
   assert 1e9 < peak < 1e13
   assert mfu.device_peak_flops(cpu) == peak  # measured once per process
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])  # under and over the clip norm
+def test_clipping_with_the_steps_norm_matches_optax_and_keeps_the_state(scale):
+  rng = np.random.default_rng(0)
+  params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+            "bias": rng.normal(size=(4,)).astype(np.float32)}
+  grads = jax.tree.map(lambda p: (scale * p).astype(np.float32), params)
+  tx = optimizer.make_optimizer(optim_config(), 10)
+  reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+      optimizer.schedule(optim_config(), 10), b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.1,
+      mask=optimizer.weight_decay_mask))
+  state = tx.init(params)
+  # Same state tree as optax's clipping: checkpoints from before still restore.
+  assert jax.tree.structure(state) == jax.tree.structure(reference.init(params))
+  expected, _ = reference.update(grads, reference.init(params), params)
+  for norm in (None, optax.tree.norm(grads)):  # computed here, or passed by the step
+    updates, _ = optax.with_extra_args_support(tx).update(grads, state, params, grad_norm=norm)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-6)
 
 
 def test_weight_decay_mask_is_by_name_not_rank():
