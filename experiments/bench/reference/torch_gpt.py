@@ -4,11 +4,15 @@ Written from scratch as the side-by-side baseline for the JAX benchmark: same
 architecture (GPT-2 style, pre-LN, tied lm head) and the same training recipe
 (AdamW, decoupled weight decay on >=2-D params, clip 1.0, warmup + cosine).
 Run: python torch_gpt.py --data tinyshakespeare.txt --config tiny
+With --interleave N it pauses before its first timed iteration and after every N timed
+ones: it prints {"chunk_s": seconds of those N} and waits for a line on stdin, so that
+experiments/bench/lm_shakespeare.py can take turns with it.
 """
 import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -180,7 +184,9 @@ def estimate_val_loss(model, data, rng, c):
 
 def run(config_name: str, data_path: str, *, seed: int = 1337,
         peak_flops: float | None = None, max_iters: int | None = None,
-        log=print) -> dict:
+        log=print, pause=None, chunk: int = 0) -> dict:
+  """Trains and times; `pause(seconds or None)`, when given, is called before the first
+  timed iteration and after every `chunk` timed ones but the last."""
   c = dict(CONFIGS[config_name])
   if max_iters is not None:
     c['max_iters'] = max_iters
@@ -200,6 +206,8 @@ def run(config_name: str, data_path: str, *, seed: int = 1337,
 
   timed = []  # per-iteration seconds after warm-up
   for it in range(total):
+    if pause and it == skip:
+      pause(None)
     t0 = time.perf_counter()
     for g in opt.param_groups:
       g['lr'] = get_lr(it, c)
@@ -212,6 +220,8 @@ def run(config_name: str, data_path: str, *, seed: int = 1337,
     dt = time.perf_counter() - t0  # CPU eager: step has finished here
     if it >= skip:
       timed.append(dt)
+      if pause and len(timed) % chunk == 0 and it < total - 1:
+        pause(sum(timed[-chunk:]))
     if it % 100 == 0 or it == total - 1:
       log(f'iter {it}: loss {loss.item():.4f}, {dt * 1000:.1f} ms')
 
@@ -237,9 +247,18 @@ def main():
   p.add_argument('--seed', type=int, default=1337)
   p.add_argument('--peak-flops', type=float, default=None,
                  help='for the MFU (default: measured here)')
+  p.add_argument('--interleave', type=int, default=0,
+                 help='pause every N timed iterations for a line on stdin')
   a = p.parse_args()
+
+  def pause(seconds):
+    print(json.dumps({'chunk_s': seconds}), flush=True)
+    if not sys.stdin.readline():  # the driving process is gone
+      sys.exit('stdin closed while paused')
+
   out = run(a.config, a.data, seed=a.seed, peak_flops=a.peak_flops,
-            max_iters=a.max_iters)
+            max_iters=a.max_iters, pause=pause if a.interleave else None,
+            chunk=a.interleave)
   print(json.dumps(out), flush=True)
 
 
