@@ -74,3 +74,19 @@ def test_step_options_times_each_variant_against_the_first(tmp_path):
   assert result["config"] == "tiny" and set(result["variants"]) == {"base", "ftz"}
   assert result["variants"]["base"]["ratio"] == 1.0
   assert 0 < result["variants"]["ftz"]["min_ms"] <= result["variants"]["ftz"]["median_ms"]
+
+
+def test_torch_reference_pauses_for_its_turns(tmp_path):
+  text = tmp_path / "text.txt"
+  text.write_text("To be, or not to be, that is the question.\n" * 200, encoding="utf-8")
+  # 12 iterations, 5 untimed: paused before the first timed one and after timed 3 and 6.
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments/bench/reference/torch_gpt.py"),
+       "--data", str(text), "--config", "tiny", "--max-iters", "12", "--interleave", "3",
+       "--peak-flops", "1e11"],
+      input="go\n" * 3, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+  chunks = [line["chunk_s"] for line in lines if "chunk_s" in line]
+  assert chunks[0] is None and len(chunks) == 3 and all(c > 0 for c in chunks[1:])
+  assert lines[-1]["timed_iters"] == 7 and lines[-1]["val_loss"] > 0
