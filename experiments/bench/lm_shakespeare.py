@@ -178,10 +178,9 @@ def main():
             **run_genvis(args.config, args.data, workdir, args.eval_batches, args.seed,
                          pause=reference.pause if reference else None)}
   if reference:
-    reference = reference.finish()
-    result["reference"] = reference
-    if "it_per_s" in reference:
-      result["speedup_vs_reference"] = result["it_per_s"] / reference["it_per_s"]
+    result["reference"] = reference_result = reference.finish()
+    if "it_per_s" in reference_result:
+      result["speedup_vs_reference"] = result["it_per_s"] / reference_result["it_per_s"]
   print(json.dumps(result, sort_keys=True))
 
 

@@ -12,6 +12,7 @@ multi-host code paths are testable on one machine.
 import os
 
 import jax
+import numpy as np
 
 from genvis.errors import UserError
 
@@ -52,7 +53,6 @@ def maybe_initialize(dist_config) -> bool:
 def gather_to_host(array):
   """A (possibly multi-host sharded) jax.Array, whole, as numpy on every process: what
   evaluation and picture code that leaves the jit world needs."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
@@ -65,7 +65,6 @@ def map_in_chunks(fn, inputs, chunk_size: int, *, out_axis: int = 0):
   rows dropped; `out_axis` is the axis of fn's output that runs over the rows, along which the
   outputs are concatenated.
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
   inputs = np.asarray(inputs)
   outputs = []
   for start in range(0, len(inputs), chunk_size):
