@@ -35,11 +35,23 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from genvis.diffusion.sde import SDE, ScoreFn
+from genvis.diffusion.sde import SDE, ScoreFn, check_output_shape
 from genvis.errors import UserError
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
 EXACT_TRACE_MAX_DIMS = 1024  # d probes per drift evaluation: beyond this, use Hutchinson.
+
+
+def _as_float_data(x, where: str) -> jax.Array:
+  """x as floating data of at least float32. Integer x is refused: it is almost surely raw
+  levels (uint8 pixels) not yet scaled to [low, high], and as the solver's dtype it would
+  truncate t. bf16 is widened: its 8-bit mantissa would round the solver's time, the
+  adaptive steps' tolerance and a bin's dequantisation noise away."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise UserError(f"{where}: x has dtype {x.dtype}; expected floating data (scale integer "
+                    "levels first, e.g. uint8 pixels p -> p / 127.5 - 1)")
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class LikelihoodResult(NamedTuple):
@@ -94,16 +106,20 @@ def ode_log_likelihood(sde: SDE, score_fn: ScoreFn, x: jax.Array, rng: jax.Array
 
   Call it inside jax.jit (build score_fn from the parameters there, so they are traced, not
   baked in). With divergence "rademacher" / "gaussian" the estimate is unbiased, averaged
-  over num_probes probes; "exact" is the trace itself.
+  over num_probes probes; "exact" is the trace itself. x must be floating (integer levels are
+  refused, bf16 is widened to float32: `_as_float_data`).
   """
+  x = _as_float_data(x, "ode_log_likelihood")
   if x.ndim < 2:
     raise UserError(f"ode_log_likelihood: x must be [B, ...] with at least one data dim, got "
                     f"{list(x.shape)}")
   if not 0 < eps < sde.T:
     raise UserError(f"ode_log_likelihood: eps={eps} must be in (0, T={sde.T})")
+  batch = x.shape[0]
+  check_output_shape(score_fn, x, jax.ShapeDtypeStruct((batch,), x.dtype), role="score",
+                     where="ode_log_likelihood")
   probes = divergence_probes(rng, x, divergence, num_probes)
   drift_fn = sde.ode_drift(score_fn)
-  batch = x.shape[0]
 
   def augmented(t, state, args):
     del args
@@ -131,6 +147,7 @@ def bin_width(num_levels: int, low: float = -1.0, high: float = 1.0) -> float:
 def dequantize(rng: jax.Array, x: jax.Array, num_levels: int, low: float = -1.0,
                high: float = 1.0) -> jax.Array:
   """x on the K-level grid plus uniform noise over its bin, U(-w/2, w/2) per dim."""
+  x = _as_float_data(x, "dequantize")
   width = bin_width(num_levels, low, high)
   return x + width * (jax.random.uniform(rng, x.shape, x.dtype) - 0.5)
 
@@ -157,6 +174,7 @@ def ode_bits_per_dim(sde: SDE, score_fn: ScoreFn, x: jax.Array, rng: jax.Array, 
   negative log-likelihood. Without it, x is continuous and the figure is -log2 p_eps(x) / d.
   solver_kwargs go to ode_log_likelihood (divergence, num_probes, rtol, atol, eps, max_steps).
   """
+  x = _as_float_data(x, "ode_bits_per_dim")
   dequantize_rng, probe_rng = jax.random.split(rng)
   if num_levels is not None:
     x = dequantize(dequantize_rng, x, num_levels, low, high)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from genvis.diffusion.gaussian import REDUCTIONS, WEIGHTINGS
 from genvis.diffusion.sde import (SDE, RectifiedFlow, ScoreFn, SubVPSDE, VESDE, VPSDE,
-                                  broadcast_to_data)
+                                  broadcast_to_data, check_output_shape)
 from genvis.errors import UserError
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
@@ -56,6 +56,7 @@ def dsm_per_example(sde: SDE, score_fn: ScoreFn, x0: jax.Array, t: jax.Array,
   if weighting not in WEIGHTINGS:
     raise UserError(f"dsm_loss: weighting={weighting!r}, expected one of {WEIGHTINGS}")
   mean, std = sde.marginal_prob(x0, t)
+  check_output_shape(score_fn, x0, t, role="score", where="dsm_loss")
   std_x = broadcast_to_data(std, x0)
   score = score_fn(mean + std_x * noise, t)
   if weighting == "score_matching":
@@ -97,6 +98,7 @@ def ddpm_loss(sde: VPSDE, noise_fn: Callable, x0: jax.Array, rng: jax.Array, *,
     raise UserError(f"ddpm_loss needs a VPSDE (DDPM is its discretisation), got "
                     f"{type(sde).__name__}")
   index, t, noise = _draw_steps(sde, rng, x0)
+  check_output_shape(noise_fn, x0, t, role="noise prediction", where="ddpm_loss")
   alpha_bar = broadcast_to_data(jnp.asarray(sde.alphas_cumprod(), jnp.float32)[index], x0)
   x_t = jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
   return jnp.mean(_reduce_per_example(jnp.square(noise_fn(x_t, t) - noise), reduce))
@@ -110,6 +112,7 @@ def smld_loss(sde: VESDE, score_fn: ScoreFn, x0: jax.Array, rng: jax.Array, *,
     raise UserError(f"smld_loss needs a VESDE (SMLD is its discretisation), got "
                     f"{type(sde).__name__}")
   index, t, noise = _draw_steps(sde, rng, x0)
+  check_output_shape(score_fn, x0, t, role="score", where="smld_loss")
   sigma = broadcast_to_data(sde.discrete_sigmas()[index], x0)
   # sigma^2 ||score + z / sigma||^2 = ||sigma * score + z||^2
   residual = sigma * score_fn(x0 + sigma * noise, t) + noise
@@ -138,6 +141,7 @@ def flow_matching_loss(flow: RectifiedFlow, velocity_fn: Callable, x0: jax.Array
     t = jax.nn.sigmoid(jax.random.normal(t_rng, (x0.shape[0],)))
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   mean, std = flow.marginal_prob(x0, t)
+  check_output_shape(velocity_fn, x0, t, role="velocity", where="flow_matching_loss")
   x_t = mean + broadcast_to_data(std, x0) * noise
   residual = velocity_fn(x_t, t) - flow.velocity_target(x0, noise)
   return jnp.mean(_reduce_per_example(jnp.square(residual), reduce))

@@ -38,10 +38,11 @@ grid they stay consistent, so the step count is free. t = 0 means clean data: s(
 score_sde's up to the eps offset, so with N = num_scales the steps match its samplers
 (tests/diffusion/test_samplers.py holds the reverse-diffusion step to SMLD's and DDPM's).
 
-A score function is `score_fn(x [B, ...], t [B]) -> [B, ...]`. The samplers hand it to jit
-as a pytree, and jit keys its cache on a plain function's identity: build the function once,
-not per call, and to swap network parameters without recompiling pass
-`jax.tree_util.Partial(fn, params)` (the params are then traced).
+A score function is `score_fn(x [B, ...], t [B]) -> [B, ...]` (another output shape is a
+UserError, raised while jit traces the sampler). The samplers hand it to jit as a pytree, and
+jit keys its cache on a plain function's identity: build the function once, not per call,
+and to swap network parameters without recompiling pass `jax.tree_util.Partial(fn, params)`
+(the params are then traced).
 """
 
 import functools
@@ -51,7 +52,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from genvis.diffusion.sde import SDE, broadcast_to_data
+from genvis.diffusion.sde import SDE, broadcast_to_data, check_output_shape
 from genvis.errors import UserError
 
 
@@ -69,6 +70,13 @@ def as_score_pytree(score_fn: Callable) -> jax.tree_util.Partial:
   if not callable(score_fn):
     raise UserError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn)}")
   return jax.tree_util.Partial(score_fn)
+
+
+def _check_score(score_fn, x, where: str):
+  """score_fn(x, t [B]) must return x's shape. The samplers call this inside their jit, so it
+  runs while tracing, once per compilation, and fails there rather than in the loop."""
+  check_output_shape(score_fn, x, jax.ShapeDtypeStruct(x.shape[:1], x.dtype), role="score",
+                     where=where)
 
 
 def kernel(sde: SDE, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -197,6 +205,7 @@ def _pc_sample(sde, score_fn, rng, num_steps, snr, n_corrector_steps, eps, *, sh
   with traced `constraint` data) runs after every update: controllable.py's inpainting."""
   prior_rng, loop_rng = jax.random.split(rng)
   x = sde.prior_sample(prior_rng, shape)
+  _check_score(score_fn, x, "pc_sampler")
   batch = shape[0]
   start = sde.sampling_start  # T, or rectified flow's T - end_gap (module docstring)
   spacing = (start - eps) / jnp.maximum(num_steps - 1, 1)
@@ -343,6 +352,7 @@ def _tweedie_denoise(sde, score_fn, x, eps):
 def _ode_sample(sde, score_fn, rng, num_steps, eps, *, shape, solver, denoise, num_snapshots):
   prior_rng, _ = jax.random.split(rng)  # the same x_T as _pc_sample for the same rng
   x = sde.prior_sample(prior_rng, shape)
+  _check_score(score_fn, x, "ode_sampler")
   drift = sde.ode_drift(score_fn)
   step_fn, evaluations = FIXED_STEP_SOLVERS[solver]
   h = (sde.T - eps) / num_steps
@@ -380,6 +390,7 @@ def _adaptive_ode_sample(sde, score_fn, rng, rtol, atol, eps, *, shape, solver, 
                          max_steps):
   prior_rng, _ = jax.random.split(rng)
   x = sde.prior_sample(prior_rng, shape)
+  _check_score(score_fn, x, "adaptive_ode_sampler")
   drift = sde.ode_drift(score_fn)
   solver_class, evaluations = ADAPTIVE_SOLVERS[solver]
   term = diffrax.ODETerm(lambda t, y, args: drift(y, jnp.full((shape[0],), t, y.dtype)))

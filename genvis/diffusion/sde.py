@@ -24,6 +24,8 @@ variance's derivative enters the Fokker-Planck equation).
 Conventions (shared with genvis/diffusion/samplers.py, losses.py, likelihood.py):
 - `x` is batch-first [B, ...]; `t` is a float array [B] (one time per example);
 - `sde(x, t)` -> (drift [B, ...], diffusion [B]);
+- a score (or noise-prediction, velocity) function `fn(x, t)` returns x's shape [B, ...]:
+  losses, samplers and likelihoods hold it to that with `check_output_shape`;
 - `eps` is the smallest time samplers stop at (score_sde: 1e-5 for VE, 1e-3 for VP and
   sub-VP, whose std vanishes at t = 0); losses and likelihoods take their own eps (1e-5);
   `sampling_start` is the largest time the PC samplers read the score at (T, except for
@@ -63,6 +65,21 @@ def check_times(x: jax.Array, t: jax.Array, where: str):
   if x.ndim < 1 or jnp.shape(t) != (x.shape[0],):
     raise UserError(f"{where}: t must have shape [B]=[{x.shape[0] if x.ndim else '?'}] (one "
                     f"time per example of x {list(x.shape)}), got {list(jnp.shape(t))}")
+
+
+def check_output_shape(fn: Callable, x, t, *, role: str, where: str):
+  """fn(x, t) must return one value per entry of x, i.e. x's shape: a net that drops or adds
+  a dim would otherwise broadcast silently (a finite, wrong loss) or fail deep inside a
+  sampler's loop. Checked on shapes alone (jax.eval_shape evaluates nothing), so inside jit
+  it costs one abstract trace at compile time and nothing at run time. x, t: arrays, tracers
+  or jax.ShapeDtypeStructs."""
+  out = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       jax.ShapeDtypeStruct(t.shape, t.dtype))
+  shape = getattr(out, "shape", None)
+  if shape != tuple(x.shape):
+    got = f"shape {list(shape)}" if shape is not None else f"a {type(out).__name__}"
+    raise UserError(f"{where}: the {role} function returned {got}; expected one array of x's "
+                    f"shape {list(x.shape)} (one {role} value per entry of x)")
 
 
 def _standard_normal_logp(z: jax.Array, std: float) -> jax.Array:

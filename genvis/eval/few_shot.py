@@ -40,7 +40,9 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
   multiple_choice = task.multiple_choice
   result = {"scoring": "multiple_choice" if multiple_choice else "exact_match",
             "num_examples": len(task.queries), "accuracy": {}, "skipped": {}, "examples": []}
-  completions = [c + fmt.example_sep for q in task.queries for c in (q.choices or (q.answer,))]
+  prompt_end, completion_start = scoring.place_answer_prefix(tokenizer, fmt.answer_prefix)
+  completions = [completion_start + c + fmt.example_sep
+                 for q in task.queries for c in (q.choices or (q.answer,))]
   longest_completion = max(len(_encode(tokenizer, c, task.name)) for c in completions)
   available = prompts_lib.max_shots(task)
   for k in shots:
@@ -48,14 +50,15 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
       result["skipped"][str(k)] = f"only {available} demonstrations besides each query"
       continue
     prompts = prompts_lib.few_shot_prompts(task, k, seed, fmt)
-    longest_prompt = max(len(_encode(tokenizer, p, task.name)) for p in prompts)
+    longest_prompt = max(len(_encode(tokenizer, p + prompt_end, task.name)) for p in prompts)
     # Both feed the prompt and the completion minus its last token (scored or generated,
     # never an input).
     needed = longest_prompt + longest_completion - 1
     if needed > max_len:
       result["skipped"][str(k)] = f"prompts need {needed} tokens > model.max_len={max_len}"
       continue
-    common = dict(delimiter=fmt.example_sep, max_len=max_len, batch_size=batch_size)
+    common = dict(delimiter=fmt.example_sep, answer_prefix=fmt.answer_prefix, max_len=max_len,
+                  batch_size=batch_size)
     if multiple_choice:
       predicted = scoring.multiple_choice_predictions(
           model, params, tokenizer, prompts, [q.choices for q in task.queries],
@@ -67,8 +70,9 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
           model, params, tokenizer, prompts, [q.answer for q in task.queries], **common)
       correct = [p == q.answer.strip() for p, q in zip(predicted, task.queries)]
     result["accuracy"][str(k)] = float(np.mean(correct))
-    result["examples"] += [{"k": k, "prompt": prompts[i], "prediction": predicted[i],
-                            "answer": task.queries[i].answer}
+    # The prompt as fed: a character tokenizer's ends in the separator's space.
+    result["examples"] += [{"k": k, "prompt": prompts[i] + prompt_end,
+                            "prediction": predicted[i], "answer": task.queries[i].answer}
                            for i in range(min(NUM_LOGGED_EXAMPLES, len(prompts)))]
   return result
 

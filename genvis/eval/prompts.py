@@ -3,8 +3,13 @@
     replace each letter:       <- description, then description_sep
     abcd -> qwer               <- k demonstrations: query, input_output_sep, answer,
     dcab -> erqw                  example_sep
-    bbad -> 
-                               <- the query, then input_output_sep; the model continues
+    bbad ->                    <- the query, then input_output_sep without its trailing
+                                  whitespace; the model continues with " " + the answer
+
+As in GPT-3, a prompt ends without trailing whitespace and that whitespace (`answer_prefix`)
+starts each completion: byte-level BPE merges a space into the word after it, so a prompt
+ending in " " would end in a lone space token, which the training text almost never has
+before an answer (scoring.py decides, per tokenizer, which side the whitespace is fed on).
 
 The demonstrations for query i are drawn from the task's demonstration pool (never an example
 whose query is the query itself) by a generator seeded with (seed, i). The k demonstrations
@@ -31,6 +36,16 @@ class PromptFormat:
   example_sep: str = icl_corpus.EXAMPLE_SEP
   include_description: bool = True  # False: demonstrations alone (GPT-3 Fig. 1.2, no prompt)
 
+  @property
+  def prompt_end(self) -> str:
+    """What ends a prompt after the query: input_output_sep without trailing whitespace."""
+    return self.input_output_sep.rstrip()
+
+  @property
+  def answer_prefix(self) -> str:
+    """input_output_sep's trailing whitespace, which starts each answer's completion."""
+    return self.input_output_sep[len(self.prompt_end):]
+
 
 def demonstration_indices(task: FewShotTask, query_index: int, k: int, seed: int) -> list[int]:
   """Indices into `task.demonstrations` for query `query_index`: the first k of a seeded
@@ -56,10 +71,10 @@ def render_demonstration(example: Example, fmt: PromptFormat) -> str:
 
 def build_prompt(description: str, demonstrations: list[Example], query: Example,
                  fmt: PromptFormat) -> str:
-  """The text the model continues with the query's answer."""
+  """The text the model continues with fmt.answer_prefix + the query's answer."""
   head = f"{description}{fmt.description_sep}" if description and fmt.include_description else ""
   shots = "".join(render_demonstration(d, fmt) for d in demonstrations)
-  return f"{head}{shots}{query.query}{fmt.input_output_sep}"
+  return f"{head}{shots}{query.query}{fmt.prompt_end}"
 
 
 def few_shot_prompts(task: FewShotTask, k: int, seed: int = 0,

@@ -9,6 +9,9 @@ from "abc" when one choice is a prefix of another.
 Free-form: greedy decoding from the prompt until the delimiter; the answer is correct when the
 text before the delimiter equals the expected answer, both stripped of surrounding spaces.
 
+The whitespace between a prompt and its answer (`answer_prefix`, prompts.py) starts each
+completion, as in GPT-3, except with a character tokenizer (`place_answer_prefix`).
+
 Both run in fixed-shape batches: sequences are padded on the right to a bucket length (a
 multiple of `bucket`) and the batch to `batch_size` rows, so a model compiles once per
 bucket, not once per example. Causal attention makes the padding after a sequence invisible
@@ -85,20 +88,40 @@ def choose(scores: np.ndarray, lengths: np.ndarray, normalize: str) -> int:
   return int(np.argmax(scores if normalize == "none" else scores / lengths))
 
 
+def place_answer_prefix(tokenizer, answer_prefix: str) -> tuple[str, str]:
+  """(what each prompt ends with, what each completion starts with): where the whitespace
+  between a prompt and its answer is fed.
+
+  Byte-level BPE merges a space into the word after it (" qgrb" is " q" "g" "r" "b"), so a
+  prompt ending in the space would end in a lone " " token, rare in the training text, and
+  the answer would start with a token that follows a space there only by exception: GPT-3's
+  convention starts each completion with the space, scored (or generated) with the answer.
+  A character tokenizer encodes the space as its own token either way; it stays in the
+  prompt, fed and not scored, so character-level scores and generations are unchanged.
+  """
+  if getattr(tokenizer, "kind", None) == "char":
+    return answer_prefix, ""
+  return "", answer_prefix
+
+
 def multiple_choice_predictions(model, params, tokenizer, prompts: list[str],
                                 choices: list[tuple[str, ...]], *, delimiter: str,
-                                normalize: str = "none", max_len: int, batch_size: int = 32,
+                                answer_prefix: str = "", normalize: str = "none",
+                                max_len: int, batch_size: int = 32,
                                 bucket: int = 32) -> list[int]:
-  """For each prompt, the index of the choice the model scores highest."""
+  """For each prompt, the index of the choice the model scores highest. A choice's
+  completion is answer_prefix + choice + delimiter (see place_answer_prefix)."""
+  prompt_end, completion_start = place_answer_prefix(tokenizer, answer_prefix)
   pairs_prompt, pairs_completion, owner, lengths = [], [], [], []
   for i, (prompt, options) in enumerate(zip(prompts, choices)):
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = tokenizer.encode(prompt + prompt_end)
     for option in options:
-      completion_ids = tokenizer.encode(option + delimiter)
+      completion = completion_start + option + delimiter
+      completion_ids = tokenizer.encode(completion)
       pairs_prompt.append(prompt_ids)
       pairs_completion.append(completion_ids)
       owner.append(i)
-      lengths.append(len(completion_ids) if normalize == "token" else len(option + delimiter))
+      lengths.append(len(completion_ids) if normalize == "token" else len(completion))
   scores = completion_log_likelihoods(model, params, pairs_prompt, pairs_completion,
                                       max_len=max_len, batch_size=batch_size, bucket=bucket)
   owner, lengths = np.asarray(owner), np.asarray(lengths, np.float64)
@@ -136,15 +159,16 @@ def greedy_continuations(model, params, prompts: list[np.ndarray], *, max_new_to
 
 
 def exact_match_predictions(model, params, tokenizer, prompts: list[str], answers: list[str],
-                            *, delimiter: str, max_len: int, batch_size: int = 32,
-                            bucket: int = 32) -> list[str]:
+                            *, delimiter: str, answer_prefix: str = "", max_len: int,
+                            batch_size: int = 32, bucket: int = 32) -> list[str]:
   """Each prompt's greedy answer: the generated text up to the delimiter, stripped.
 
-  The model generates as many tokens as the longest answer plus the delimiter needs, so an
-  answer that runs on past the expected one is caught as wrong.
+  The model generates as many tokens as the longest answer_prefix + answer + delimiter needs,
+  so an answer that runs on past the expected one is caught as wrong.
   """
-  prompt_ids = [tokenizer.encode(p) for p in prompts]
-  max_new_tokens = max(len(tokenizer.encode(a + delimiter)) for a in answers)
+  prompt_end, completion_start = place_answer_prefix(tokenizer, answer_prefix)
+  prompt_ids = [tokenizer.encode(p + prompt_end) for p in prompts]
+  max_new_tokens = max(len(tokenizer.encode(completion_start + a + delimiter)) for a in answers)
   delimiter_ids = tokenizer.encode(delimiter) if delimiter else []
   stop_token = int(delimiter_ids[0]) if len(delimiter_ids) == 1 else -1
   continuations = greedy_continuations(model, params, prompt_ids, max_new_tokens=max_new_tokens,

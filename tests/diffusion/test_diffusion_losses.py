@@ -193,3 +193,28 @@ def test_loss_mistakes_raise_user_errors():
   for eps in (0.0, -1e-3, 1.0):
     with pytest.raises(UserError, match=f"dsm_loss: eps={eps}"):
       losses.dsm_loss(sde_lib.SubVPSDE(), score, X0, rng, eps=eps)
+
+
+# A net whose output lost the channel dim ([B, H, W]) or is one value per example ([B]):
+# both broadcast against x [B, H, W, 1] (or [B, d] with d == B) into a finite, wrong loss.
+WRONG_OUTPUTS = {"[B,H,W]": lambda x, t: -x[..., 0], "[B]": lambda x, t: jnp.zeros(x.shape[:1])}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_OUTPUTS))
+@pytest.mark.parametrize("loss,sde,role", [
+    (losses.dsm_loss, sde_lib.VPSDE(), "score"),
+    (losses.ddpm_loss, sde_lib.VPSDE(), "noise prediction"),
+    (losses.smld_loss, sde_lib.VESDE(), "score"),
+    (losses.flow_matching_loss, sde_lib.RectifiedFlow(), "velocity"),
+])
+def test_a_network_output_of_the_wrong_shape_is_a_one_line_user_error(loss, sde, role, wrong):
+  net = WRONG_OUTPUTS[wrong]
+  digits, toy = jnp.ones((8, 8, 8, 1)), jnp.ones((3, 3))  # 8 digits 8x8x1; 2-D toy, d == B
+  for x0, jit in ((digits, False), (toy, False), (digits, True)):  # jit: at trace time
+    call = lambda x0: loss(sde, net, x0, jax.random.key(0))
+    with pytest.raises(UserError) as error:
+      (jax.jit(call) if jit else call)(x0)
+    got = list(net(x0, jnp.zeros(x0.shape[:1])).shape)
+    assert str(error.value) == (f"{loss.__name__}: the {role} function returned shape {got}; "
+                                f"expected one array of x's shape {list(x0.shape)} (one {role} "
+                                "value per entry of x)")

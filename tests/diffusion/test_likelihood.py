@@ -221,3 +221,49 @@ def test_likelihood_mistakes_raise_user_errors():
     likelihood.bits_per_dim_offset(1)
   with pytest.raises(UserError, match="eps"):
     likelihood.ode_log_likelihood(SDES["vp"], lambda x, t: x, x, jax.random.key(0), eps=0.0)
+
+
+def test_a_score_of_the_wrong_shape_is_a_one_line_user_error():
+  toy = jnp.ones((3, 3))  # d == B: a [B] score would broadcast against x
+  for call in (likelihood.ode_log_likelihood, likelihood.ode_bits_per_dim):
+    with pytest.raises(UserError) as error:
+      jax.jit(lambda x: call(SDES["vp"], lambda x, t: jnp.sum(x, -1), x, jax.random.key(0)))(toy)
+    assert str(error.value) == ("ode_log_likelihood: the score function returned shape [3]; "
+                                "expected one array of x's shape [3, 3] (one score value per "
+                                "entry of x)")
+
+
+INTS = np.eye(2, DIMS, dtype=np.int32)  # as floats, fine points; as the solver's dtype, t truncates
+
+
+def test_integer_data_is_a_one_line_user_error():
+  sde = SDES["vp"]
+  score = gaussian.gaussian_score(sde, MEAN, COV)
+  for call, name in ((lambda: likelihood.ode_log_likelihood(sde, score, INTS, jax.random.key(0)),
+                      "ode_log_likelihood"),
+                     (lambda: likelihood.ode_bits_per_dim(sde, score, INTS, jax.random.key(0),
+                                                          num_levels=3), "ode_bits_per_dim"),
+                     (lambda: likelihood.dequantize(jax.random.key(0), INTS, 3), "dequantize")):
+    with pytest.raises(UserError, match=f"^{name}: x has dtype int32; expected floating data"):
+      call()
+
+
+def test_bf16_data_is_solved_and_dequantised_in_float32():
+  sde = SDES["vp"]
+  score = gaussian.gaussian_score(sde, MEAN, COV)
+  seen_time_dtypes = set()
+
+  def recording_score(x, t):
+    seen_time_dtypes.add(t.dtype)
+    return score(x, t)
+
+  solve = jax.jit(lambda x: likelihood.ode_log_likelihood(sde, recording_score, x,
+                                                          jax.random.key(0), divergence="exact"))
+  low = solve(jnp.asarray(INTS, jnp.bfloat16))
+  assert seen_time_dtypes == {jnp.dtype(jnp.float32)}  # bf16 would round t near T by ~4e-3
+  assert low.delta_logp.dtype == low.logp.dtype == jnp.float32
+  np.testing.assert_array_equal(low.logp, solve(jnp.asarray(INTS, jnp.float32)).logp)
+  # A bin's dequantisation noise survives: bf16's spacing at 0.9 (2^-8) is half a 256-level
+  # bin, so in bf16 the noise would take about two values.
+  noisy = likelihood.dequantize(jax.random.key(1), jnp.full((1, 1000), 0.9, jnp.bfloat16), 256)
+  assert noisy.dtype == jnp.float32 and len(np.unique(np.asarray(noisy))) > 900

@@ -300,3 +300,47 @@ def test_mistakes_are_one_line_user_errors(call, message):
   with pytest.raises(UserError) as error:
     call()
   assert message in str(error.value)
+
+
+@pytest.mark.parametrize("sampler", ["pc_sampler", "ode_sampler", "adaptive_ode_sampler",
+                                     "inpainting_sampler"])
+def test_a_score_of_the_wrong_shape_is_a_one_line_user_error(sampler):
+  """Not a broadcast (a [B] score for [B, d] data with d == B sampled silently) nor an XLA
+  error from inside the loop ("carry input and carry output must have equal types")."""
+  run = {
+      "pc_sampler": lambda fn, shape: samplers.pc_sampler(VP, fn, shape, jax.random.key(0), 5),
+      "ode_sampler": lambda fn, shape: samplers.ode_sampler(VP, fn, shape, jax.random.key(0), 5),
+      "adaptive_ode_sampler": lambda fn, shape: samplers.adaptive_ode_sampler(
+          VP, fn, shape, jax.random.key(0)),
+      "inpainting_sampler": lambda fn, shape: controllable.inpainting_sampler(
+          VP, fn, np.zeros(shape), np.ones(shape[1:]), jax.random.key(0), 5),
+  }[sampler]
+  weight = jnp.ones(())  # traced, as a network's parameters are
+  wrong = {(4, 3, 3, 1): [(lambda x, t: -x[..., 0], [4, 3, 3]),  # the channel dim dropped
+                          (lambda x, t: jnp.zeros(x.shape[:1]), [4])],
+           (3, 3): [(lambda w, x, t: w * x[:, 0], [3])]}  # one value per example, d == B
+  where = "pc_sampler" if sampler == "inpainting_sampler" else sampler
+  for shape, cases in wrong.items():
+    for fn, got in cases:
+      fn = jax.tree_util.Partial(fn, weight) if shape == (3, 3) else fn
+      with pytest.raises(UserError) as error:
+        run(fn, shape)
+      assert str(error.value) == (f"{where}: the score function returned shape {got}; expected "
+                                  f"one array of x's shape {list(shape)} (one score value per "
+                                  "entry of x)")
+
+
+def test_the_score_shape_check_adds_nothing_to_the_compiled_samplers(monkeypatch):
+  """check_output_shape runs on shapes while jit traces: the programs are the same without."""
+  score = jax.tree_util.Partial(gaussian.gaussian_score(VP, MEAN, COV))  # not in TRACES
+  common = dict(num_snapshots=0, shape=(4, 2), denoise=True)
+  pc = functools.partial(samplers._pc_sample, VP, score, predictor="reverse_diffusion",
+                         corrector="langevin", **common)
+  ode = functools.partial(samplers._ode_sample, VP, score, solver="rk4", **common)
+  rng = jax.random.key(0)
+  programs = lambda: (str(jax.make_jaxpr(pc)(rng, 10, 0.16, 1, 1e-3)),
+                      str(jax.make_jaxpr(ode)(rng, 10, 1e-3)))
+  checked = programs()
+  monkeypatch.setattr(samplers, "check_output_shape", lambda *args, **kwargs: None)
+  jax.clear_caches()
+  assert programs() == checked

@@ -11,7 +11,7 @@ import pytest
 
 from genvis import config_lib
 from genvis.data import icl_corpus
-from genvis.data.tokenizers import CharTokenizer
+from genvis.data.tokenizers import BPETokenizer, CharTokenizer
 from genvis.errors import UserError
 from genvis.eval import few_shot, few_shot_tasks, prompts, scoring
 from genvis.eval.few_shot_tasks import Example, FewShotTask
@@ -31,7 +31,7 @@ def test_prompts_hold_k_demonstrations_never_the_query_and_are_seeded():
   for k in (0, 1, 3, 5):
     for i, prompt in enumerate(prompts.few_shot_prompts(task, k, seed=0)):
       lines = prompt.split("\n")
-      assert lines[0] == "do it:" and lines[-1] == f"{task.queries[i].query} -> "
+      assert lines[0] == "do it:" and lines[-1] == f"{task.queries[i].query} ->"
       demos = lines[1:-1]
       assert len(demos) == k
       assert not any(d.startswith(task.queries[i].query + " ") for d in demos)
@@ -50,10 +50,14 @@ def test_prompts_hold_k_demonstrations_never_the_query_and_are_seeded():
 def test_builtin_prompt_is_the_start_of_a_training_episode():
   task = few_shot_tasks.builtin_task("suffix", num_queries=3)
   demos = [task.demonstrations[j] for j in prompts.demonstration_indices(task, 0, 2, seed=0)]
-  prompt = prompts.build_prompt(task.description, demos, task.queries[0], prompts.PromptFormat())
+  fmt = prompts.PromptFormat()
+  prompt = prompts.build_prompt(task.description, demos, task.queries[0], fmt)
   mapping = icl_corpus.Mapping("suffix", table=task.queries[0].answer[-2:])
   episode = icl_corpus.render_episode(mapping, [d.query for d in demos] + [task.queries[0].query])
-  assert episode.startswith(prompt) and episode[len(prompt):] == task.queries[0].answer + "\n"
+  # GPT-3's convention: the prompt stops before the separator's space, which starts the answer.
+  assert prompt.endswith(" ->") and fmt.answer_prefix == " "
+  assert episode.startswith(prompt)
+  assert episode[len(prompt):] == fmt.answer_prefix + task.queries[0].answer + "\n"
 
 
 def test_builtin_tasks_are_deterministic_and_held_out_of_training():
@@ -216,6 +220,74 @@ def test_bucketed_greedy_equals_recomputing_each_prompt_alone(tiny_gpt):
       tokens.append(int(np.argmax(forward(buffer)[0, len(tokens) - 1])))
     np.testing.assert_array_equal(continuation, tokens[len(prompt):])
   assert len({tuple(c) for c in got}) > 1  # not one degenerate continuation for all
+
+
+# ------------------------------------------------------------- what each tokenizer is fed
+@pytest.fixture
+def fed_tokens(monkeypatch):
+  """Runs few_shot.evaluate_task with the model calls replaced by recorders: returns the
+  (prompt ids, completion ids) pairs scored and the prompt ids generated from."""
+  fed = {"scored": [], "generated": []}
+
+  def score(model, params, prompts_ids, completions, **kwargs):
+    fed["scored"] += [(list(p), list(c)) for p, c in zip(prompts_ids, completions)]
+    return np.zeros(len(prompts_ids))
+
+  def generate(model, params, prompts_ids, *, max_new_tokens, **kwargs):
+    fed["generated"] += [list(p) for p in prompts_ids]
+    fed["max_new_tokens"] = max_new_tokens
+    return [np.zeros(0, np.int32) for _ in prompts_ids]
+
+  monkeypatch.setattr(scoring, "completion_log_likelihoods", score)
+  monkeypatch.setattr(scoring, "greedy_continuations", generate)
+
+  def run(tokenizer, task_name, k=2):
+    task = few_shot_tasks.builtin_task(task_name, num_queries=6)
+    few_shot.evaluate_task(None, {}, tokenizer, task, [k], max_len=512)
+    texts = prompts.few_shot_prompts(task, k)  # each ends in " ->"
+    return task, texts, fed
+  return run
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+  return BPETokenizer.fit(icl_corpus.episodes_text(300, seed=0), 300)
+
+
+def test_bpe_is_fed_the_training_texts_tokens(fed_tokens, bpe_tokenizer):
+  """Byte-level BPE merges the separator's space into the answer (" qgrb" -> " q" "g" ...):
+  the prompt must end at " ->", not in a lone " " token, so prompt + completion tokens are
+  those of the training text "... -> answer\n"."""
+  tok = bpe_tokenizer
+  task, texts, fed = fed_tokens(tok, "cipher_choice")
+  pairs = iter(fed["scored"])
+  for text, query in zip(texts, task.queries):
+    for choice in query.choices:
+      prompt_ids, completion_ids = next(pairs)
+      assert prompt_ids == list(tok.encode(text))
+      assert prompt_ids + completion_ids == list(tok.encode(f"{text} {choice}\n"))
+  assert sum(tok.decode(c[:1]).startswith(" ") and len(tok.decode(c[:1])) > 1
+             for _, c in fed["scored"]) > len(fed["scored"]) // 2  # the space is merged
+
+  task, texts, fed = fed_tokens(tok, "reverse")
+  assert fed["generated"] == [list(tok.encode(text)) for text in texts]
+  assert all(tok.decode(ids[-1:]) == " ->" for ids in fed["generated"])
+  assert fed["max_new_tokens"] == max(len(tok.encode(f" {q.answer}\n")) for q in task.queries)
+
+
+def test_character_tokenizer_is_fed_what_it_was_before_the_bpe_convention(fed_tokens):
+  """A character tokenizer encodes the space alone either way: it stays in the prompt, so
+  scores and generations are those of prompts ending in "-> " (the reference figures in
+  configs/gpt_icl.py), with exactly the answer + "\n" characters scored."""
+  tok = CharTokenizer.fit(icl_corpus.episodes_text(300, seed=0))
+  fed_prompt = lambda text: list(tok.encode(text.rstrip(" ") + " "))  # "... -> "
+  task, texts, fed = fed_tokens(tok, "cipher_choice")
+  expected = [(fed_prompt(text), list(tok.encode(choice + "\n")))
+              for text, query in zip(texts, task.queries) for choice in query.choices]
+  assert fed["scored"] == expected
+  task, texts, fed = fed_tokens(tok, "reverse")
+  assert fed["generated"] == [fed_prompt(text) for text in texts]
+  assert fed["max_new_tokens"] == max(len(q.answer) + 1 for q in task.queries)
 
 
 # -------------------------------------------------------------------------------- runner
