@@ -70,6 +70,10 @@ class MAEConfig(vit.ViTConfig):
       raise UserError(f"config.model.decoder_d_model={self.decoder_d_model} is not divisible "
                       f"by config.model.decoder_heads={self.decoder_heads}")
     sincos_2d(1, 1, self.decoder_d_model, config_key="config.model.decoder_d_model")
+    if self.norm_pix_loss and self.patch_dim < 2:  # one pixel has no variance to divide by
+      raise UserError(f"config.model.norm_pix_loss=True needs patches of 2 or more values; "
+                      f"patch_size={self.patch_size} x channels={self.channels} gives "
+                      f"{self.patch_dim}")
     if not 0.0 <= self.mask_ratio < 1.0 or not 1 <= self.num_kept < self.num_patches:
       raise UserError(f"config.model.mask_ratio={self.mask_ratio} keeps {self.num_kept} of "
                       f"{self.num_patches} patches: it must keep at least one and mask at "

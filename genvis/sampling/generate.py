@@ -27,11 +27,11 @@ from genvis.errors import UserError
 def check_length(prompt_len: int, max_new_tokens: int, max_len: int):
   """Prompt plus generated tokens, less the last one (sampled, never fed back), must fit the
   model's context."""
-  if max_new_tokens < 1:
-    raise UserError(f"sample.max_new_tokens={max_new_tokens}: generate at least one token")
-  if prompt_len > max_len:
+  if prompt_len > max_len:  # first: max_new_tokens=0 ("fill the context") derives from it
     raise UserError(f"the prompt has {prompt_len} tokens, longer than the model's context "
                     f"(model.max_len={max_len})")
+  if max_new_tokens < 1:
+    raise UserError(f"sample.max_new_tokens={max_new_tokens}: generate at least one token")
   if prompt_len + max_new_tokens - 1 > max_len:
     raise UserError(f"a prompt of {prompt_len} tokens + sample.max_new_tokens="
                     f"{max_new_tokens} exceeds the model's context (model.max_len={max_len}; "

@@ -181,6 +181,9 @@ def test_config_errors_name_the_key():
     small_config(decoder_heads=3)
   with pytest.raises(UserError, match="num_classes=10.*no head"):
     small_config(num_classes=10)
+  with pytest.raises(UserError, match="norm_pix_loss=True needs patches of 2 or more values; "
+                                      "patch_size=1 x channels=1 gives 1"):
+    small_config(norm_pix_loss=True, patch_size=1, channels=1)
   with pytest.raises(UserError, match="unknown MAE variant 'Ti/16'"):
     mae.config_for("Ti/16")
   fields = mae.config_for("mae-H/14")

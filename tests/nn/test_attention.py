@@ -69,6 +69,15 @@ def test_bad_attention_pattern_is_a_one_line_error(pattern, window, message):
                       local_window=window)
 
 
+@pytest.mark.parametrize("d_model, num_heads", [(10, 4), (8, 0)])
+def test_heads_that_do_not_divide_the_width_are_named(d_model, num_heads):
+  with pytest.raises(UserError, match=f"config.model.num_heads={num_heads} must be >= 1 and "
+                                      f"divide config.model.d_model={d_model}"):
+    TransformerConfig(num_layers=1, d_model=d_model, num_heads=num_heads)
+  if num_heads:  # an explicit head width need not divide the model width (GPT-3 13B)
+    TransformerConfig(num_layers=1, d_model=d_model, num_heads=num_heads, head_dim=4)
+
+
 def gpt_with(pattern, scan, num_layers=2):
   config = gpt.GPTConfig(**gpt.config_for(
       "tiny", vocab_size=31, num_layers=num_layers, d_model=16, num_heads=2, max_len=T,
@@ -115,6 +124,17 @@ def test_scanned_and_looped_alternating_models_agree():
 def test_cudnn_attention_is_refused_where_it_cannot_run():
   with pytest.raises(UserError, match="attention_impl='cudnn' needs config.model.dtype"):
     TransformerConfig(num_layers=1, d_model=16, num_heads=2, attention_impl="cudnn")
+  cudnn = dict(num_layers=2, d_model=16, num_heads=2, attention_impl="cudnn", dtype="bfloat16")
+  TransformerConfig(**cudnn)  # runs on a GPU
+  for fields, message in [
+      (dict(attention_dropout=0.1), "has no attention dropout .*attention_dropout=0 "
+                                    r"\(now 0.1\)"),
+      (dict(scan_layers=True, attention_pattern="alternating", local_window=4),
+       "scan_layers=True and the mixed attention_pattern='alternating'"),
+      (dict(causal=False, attention_pattern="local", local_window=4),
+       "bands only causal attention")]:
+    with pytest.raises(UserError, match=message):
+      TransformerConfig(**cudnn, **fields)
   attention = SelfAttention(num_heads=2, head_dim=8, implementation="cudnn")
   with pytest.raises(UserError, match="'cudnn' needs a GPU; this run is on cpu"):
     attention.init(jax.random.key(0), jnp.zeros((1, 4, 16)))

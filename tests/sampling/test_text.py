@@ -60,3 +60,7 @@ def test_complete_batches_prompts_of_different_lengths_and_stops():
   filled = text.complete(model, params, tokenizer, prompts, jax.random.key(0), max_len=20)
   assert len(filled[1]) == 20 - 7 + 1
   assert np.all([len(c) == 14 for c in filled])
+  with pytest.raises(UserError, match="the prompt has 22 tokens, longer than the model's "
+                                      r"context \(model.max_len=20\)"):
+    text.complete(model, params, tokenizer, [tokenizer.encode("ab" * 11)], jax.random.key(0),
+                  max_len=20)
