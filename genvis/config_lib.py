@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
       grad_accum_steps=1,
       ema_decay=0.0,  # 0: no EMA of parameters
       progress_bar=True,
-      # XLA options for the step's compile; each backend gets its own (xla_gpu_*, xla_cpu_*,
+      # XLA options for the train and eval steps; each backend gets its own (xla_gpu_*, xla_cpu_*,
       # xla_tpu_*) and the unprefixed ones (genvis/train/xla_options.py).
       xla_options=dict(xla_options.DEFAULT),
   )
@@ -51,8 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
       num_batches=20,
   )
   c.checkpoint = dict(
-      every=500,
-      keep=3,
+      every=500,  # 0: only at the end (and on SIGTERM)
+      keep=3,  # the newest `keep` (>= 1) are kept
       async_save=True,
   )
   c.sample = dict(

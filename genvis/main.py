@@ -28,11 +28,15 @@ def run(config, workdir: str, mode: str) -> dict:
   trainer = Trainer(config, workdir)
   if mode == "train":
     return trainer.train()
-  state = trainer.restore_latest()
+  try:
+    state = trainer.restore_latest()
+  finally:
+    trainer.checkpointer.close()
   step = int(state.step)
+  params = trainer.shown_params(state)  # the EMA, when the run keeps one, as while training
   if mode == "eval":
-    return {"step": step, **trainer.evaluate(state.params)}
-  samples = trainer.sample(state.params, step)
+    return {"step": step, **trainer.evaluate(params)}
+  samples = trainer.sample(params, step)
   trainer.print_samples(samples, None)
   return {"step": step}
 

@@ -45,6 +45,18 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(trained_workdir):
   assert "--- sample 0 ---\nThe " in sampled.stdout
 
 
+def test_eval_mode_evaluates_the_ema_as_training_did(tmp_path):
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from genvis import main  # pylint: disable=import-outside-toplevel
+  from genvis.train.trainer import Trainer  # pylint: disable=import-outside-toplevel
+  config = lambda: tiny_config(train__steps=4, train__ema_decay=0.5, eval__every=4,
+                               sample__num_samples=0)
+  trained = Trainer(config(), str(tmp_path)).train()
+  evaluated = main.run(config(), str(tmp_path), "eval")
+  assert evaluated["step"] == 4
+  assert evaluated["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-6)
+
+
 def test_sample_mode_takes_prompts_of_different_lengths_from_a_file(trained_workdir, tmp_path):
   workdir, _ = trained_workdir
   prompts = tmp_path / "prompts.txt"

@@ -20,6 +20,8 @@ few and fixed, so a folder means the same dataset on every machine:
 - Captions: an optional `captions.jsonl` in the folder, one JSON object per line,
   {"file": "<path relative to the folder>", "caption": "<text>"}; then every image of the
   split needs a caption.
+- Channels: with `channels` 0 ("as the data is") the images are grey if every image of the
+  folder (all splits) is grey, else RGB, so every split has the same channels.
 - Size: each image's centred square is resized to `resolution` (image_preprocess); with
   resolution 0 all images must already be one size.
 """
@@ -148,6 +150,17 @@ def _header(path: str) -> tuple[tuple[int, int], bool]:
     return (height, width), image_preprocess.is_grey_mode(image.mode)
 
 
+def _automatic_channels(root: str, files: list[str], headers, all_files: list[str]) -> int:
+  """channels=0, as the data is: 1 only if every image of the folder is grey. The whole
+  folder (as for class names), so that every split has the channels of the others."""
+  if not all(grey for _, grey in headers):
+    return 3
+  chosen = set(files)
+  # Stops at the first colour image; only an all-grey split reads the other splits' headers.
+  others = (f for f in all_files if f not in chosen)
+  return 1 if all(_header(os.path.join(root, f))[1] for f in others) else 3
+
+
 def _decode(path: str, channels: int, resolution: int) -> np.ndarray:
   """One file through the shared path: orientation, channels, centre crop and resize."""
   try:
@@ -196,17 +209,18 @@ def load_folder(settings: dict, split: str) -> ImageDataset:
       raise UserError(f"{captions_path}: no caption for {len(missing)} of the {len(files)} "
                       f"images of split {split!r}, e.g. {missing[0]!r}")
     captions = [captions[f] for f in files]
-  images = _read_images(root, files, settings["resolution"], settings["channels"])
+  images = _read_images(root, files, settings["resolution"], settings["channels"], all_files)
   return ImageDataset(images=image_preprocess.to_unit_range(images), labels=labels,
                       captions=captions, num_classes=len(class_names),
                       class_names=class_names, name=root)
 
 
-def _read_images(root: str, files: list[str], resolution: int, channels: int) -> np.ndarray:
+def _read_images(root: str, files: list[str], resolution: int, channels: int,
+                 all_files: list[str]) -> np.ndarray:
   """uint8 [N, side, side, C] of `files`, after the header checks that need no decoding."""
   headers = [_header(os.path.join(root, f)) for f in files]
-  if channels == 0:  # As the data is: grey only if every image is grey.
-    channels = 1 if all(grey for _, grey in headers) else 3
+  if channels == 0:
+    channels = _automatic_channels(root, files, headers, all_files)
   if resolution == 0:
     first_shape = headers[0][0]
     for file, (shape, _) in zip(files, headers):

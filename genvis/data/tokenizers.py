@@ -2,10 +2,19 @@
 
 A tokenizer is fitted once on the training text, saved as `tokenizer.json` in the workdir,
 and reloaded from there on resume, sampling and evaluation, so ids never drift between runs.
+A run that starts from another's weights (`config.init_from`) uses that run's tokenizer
+instead (`load_for_init_from`): the weights fix what each id means.
+
+BPE stops merging when the text holds no more pairs, so a small corpus gives fewer tokens than
+`config.data.bpe_vocab_size`: that size is an upper bound, and a saved tokenizer of at most
+that many tokens is the one the config asks for.
 """
 
+import functools
+import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -45,6 +54,10 @@ class CharTokenizer:
   def save(self, path: str):
     with open(path, "w", encoding="utf-8") as f:
       json.dump({"kind": self.kind, "chars": self.chars}, f)
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    return _fingerprint(self.kind, list(enumerate(self.chars)))
 
 
 class BPETokenizer:
@@ -105,6 +118,19 @@ class BPETokenizer:
   def save(self, path: str):
     self._tokenizer.save(path)
 
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+    return _fingerprint(self.kind, sorted((i, token) for token, i in vocab.items()))
+
+
+def _fingerprint(kind: str, ids_and_tokens: list[tuple[int, str]]) -> str:
+  """A short sha256 of what each id means: equal for tokenizers that map ids to the same
+  tokens, whichever file format or `tokenizers` version saved them (checkpoint metadata keeps
+  it, so weights are never paired with another id mapping of the same size)."""
+  text = json.dumps([kind, ids_and_tokens], ensure_ascii=False)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
 
 def fit(data_config, train_text: str, val_text: str = ""):
   """A new tokenizer for `config.data.tokenizer`.
@@ -138,7 +164,10 @@ def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None
   `write`: only process 0 writes; every process fits the same tokenizer deterministically)."""
   path = os.path.join(workdir, FILENAME) if workdir else None
   if path and os.path.exists(path):
-    return _check_matches(load(path), data_config, path)
+    tokenizer = _check_matches(load(path), data_config, path)
+    _check_covers(tokenizer, (train_text, val_text), data_config, path,
+                  "it was fitted on other text: use a new workdir or that text")
+    return tokenizer
   tokenizer = fit(data_config, train_text, val_text)
   if path and write:
     with atomic_files.replacing(path) as temporary:
@@ -147,11 +176,69 @@ def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None
 
 
 def _check_matches(tokenizer, data_config, path: str):
-  """A workdir's tokenizer must be the one the config asks for."""
+  """A workdir's tokenizer must be the one the config asks for (BPE: at most
+  `bpe_vocab_size` tokens, as fitting stops early on text with too few pairs)."""
   if tokenizer.kind != data_config.tokenizer:
     raise UserError(f"{path} is a {tokenizer.kind!r} tokenizer but config.data.tokenizer="
                     f"{data_config.tokenizer!r}; use a new workdir")
-  if tokenizer.kind == "bpe" and tokenizer.vocab_size != data_config.bpe_vocab_size:
-    raise UserError(f"{path} has {tokenizer.vocab_size} tokens but config.data.bpe_vocab_size="
-                    f"{data_config.bpe_vocab_size}; use a new workdir")
+  if tokenizer.kind == "bpe" and tokenizer.vocab_size > data_config.bpe_vocab_size:
+    raise UserError(f"{path} has {tokenizer.vocab_size} tokens, more than config.data."
+                    f"bpe_vocab_size={data_config.bpe_vocab_size}; use a new workdir or the "
+                    "bpe_vocab_size it was fitted with")
   return tokenizer
+
+
+def _check_covers(tokenizer, texts, data_config, path: str, remedy: str):
+  """A saved character tokenizer must know every character of this run's text; else the
+  text is not the one it was fitted on, and encoding would fail far from the cause."""
+  if tokenizer.kind != CharTokenizer.kind:
+    return  # byte-level BPE encodes any text
+  known = set(tokenizer.chars)
+  missing = sorted(set().union(*map(set, texts)) - known)
+  if missing:
+    raise UserError(f"{path} lacks {len(missing)} character(s) of the text of "
+                    f"{_text_source(data_config)}, e.g. {missing[0]!r}; {remedy}")
+
+
+def _text_source(data_config) -> str:
+  source = data_config.get("source")
+  if source == "file":
+    return f"config.data.path={data_config.get('path')!r}"
+  return f"config.data.source={source!r}"
+
+
+def load_for_init_from(data_config, init_from: str, workdir: str | None, write: bool = True,
+                       cover: tuple[str, ...] = ()):
+  """The tokenizer of a run that starts from another's weights (`config.init_from`): this
+  run's saved one if it has one (a resume), else the other run's, copied into this workdir
+  (when `write`).
+
+  The weights fix the token ids, so config.data's tokenizer keys are set to the tokenizer's
+  (an imported GPT-2's 50257 BPE tokens, say), whatever the config's defaults. A character
+  tokenizer must know every character of the texts in `cover` (none: the caller drops
+  unknown characters itself).
+  """
+  own = os.path.join(workdir, FILENAME) if workdir else None
+  has_own = own is not None and os.path.exists(own)
+  source = own if has_own else os.path.join(_workdir_with_tokenizer(init_from), FILENAME)
+  tokenizer = load(source)
+  _check_covers(tokenizer, cover, data_config, source,
+                "config.init_from's weights know only its characters: use text it covers")
+  data_config.tokenizer = tokenizer.kind
+  if tokenizer.kind == BPETokenizer.kind:
+    data_config.bpe_vocab_size = tokenizer.vocab_size
+  if own and write and not has_own:
+    with atomic_files.replacing(own) as temporary:
+      shutil.copyfile(source, temporary)
+  return tokenizer
+
+
+def _workdir_with_tokenizer(init_from: str) -> str:
+  """The workdir holding tokenizer.json, for init_from = a workdir, its checkpoints folder
+  or one checkpoint (workdir/checkpoints/<step>)."""
+  path = os.path.abspath(init_from)
+  for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    if os.path.isfile(os.path.join(candidate, FILENAME)):
+      return candidate
+  raise UserError(f"config.init_from={init_from!r}: no {FILENAME} in it or in the two "
+                  "folders above it; point it at a genvis run's workdir or checkpoint")

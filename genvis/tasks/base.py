@@ -99,6 +99,12 @@ class Task(abc.ABC):
     layers; `deepest`), or None when the model has no such order."""
     return None
 
+  def microbatch_mismatch(self) -> str:
+    """Why this task's loss on a batch is not the mean of its losses on equal microbatches
+    ("" when it is: a mean over examples, each microbatch holding as many). Gradient
+    accumulation (`config.train.grad_accum_steps` > 1) would change such a loss."""
+    return ""
+
   def sample(self, params, rng) -> dict[str, Any]:
     """Samples to show a person (texts, image grids). Optional."""
     return {}

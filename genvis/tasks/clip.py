@@ -119,6 +119,9 @@ class ContrastiveTask(Task):
       metrics["weight"] = jnp.sum(batch["weights"])
     return loss, metrics
 
+  def microbatch_mismatch(self):
+    return "its contrastive loss compares each image with every caption of the whole batch"
+
   def flops_per_step(self, num_params):
     return flops_per_pair(self.model_config) * self.tokens_per_step()
 

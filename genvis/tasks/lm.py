@@ -15,13 +15,23 @@ from genvis.tasks.base import Task
 
 
 class LanguageModelTask(Task):
-  """GPT pre-training on text from `config.data`, tokenized per `config.data.tokenizer`."""
+  """GPT pre-training on text from `config.data`, tokenized per `config.data.tokenizer`; a run
+  continuing another's (`config.init_from`) keeps that run's tokenizer, whose ids its weights
+  know."""
 
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
+    if config.eval.num_batches < 0:  # "all" means something only for a finite set
+      raise UserError(f"config.eval.num_batches={config.eval.num_batches}: the LM task draws "
+                      "random validation windows; give a number of batches")
     train_text, val_text = text_sources.load_text_splits(config.data)
-    self.tokenizer = tokenizers.fit_or_load(config.data, train_text, val_text, workdir,
-                                            write=process_index == 0)
+    write = process_index == 0
+    if config.init_from:  # continued pre-training: the ids its weights were trained on
+      self.tokenizer = tokenizers.load_for_init_from(
+          config.data, config.init_from, workdir, write=write, cover=(train_text, val_text))
+    else:
+      self.tokenizer = tokenizers.fit_or_load(config.data, train_text, val_text, workdir,
+                                              write=write)
     self.model_config = resolve_model_config(config, self.tokenizer)
     self.model = gpt.GPT(self.model_config)
     self.seq_len = config.data.seq_len or self.model_config.max_len
@@ -47,9 +57,6 @@ class LanguageModelTask(Task):
     return self.train_windows.batch(step, self.process_index, self.process_count)
 
   def eval_batches(self):
-    if self.config.eval.num_batches < 0:  # "all" means something only for a finite set
-      raise UserError(f"config.eval.num_batches={self.config.eval.num_batches}: the LM task "
-                      "draws random validation windows; give a number of batches")
     for i in range(self.config.eval.num_batches):
       yield self.val_windows.batch(i, self.process_index, self.process_count)
 
@@ -71,7 +78,8 @@ class LanguageModelTask(Task):
 
   def metadata(self):
     return {"task": "lm", "model": dataclasses.asdict(self.model_config),
-            "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size}
+            "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size,
+            "tokenizer_sha256": self.tokenizer.fingerprint}
 
   def encode_prompt(self, prompt: str) -> np.ndarray:
     """Token ids of a prompt; an empty prompt starts from a newline / end-of-text token."""

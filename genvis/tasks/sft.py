@@ -23,15 +23,12 @@ batch reports its `weight`, by which the trainer averages batches.
 
 import dataclasses
 import logging
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from genvis import atomic_files
 from genvis.data import labelled_text, tokenizers
 from genvis.data.labelled_batches import LabelledBatches
 from genvis.errors import UserError
@@ -75,23 +72,10 @@ class SupervisedFineTuningTask(Task):
   def _tokenizer(self, config, workdir, write: bool):
     """This run's saved tokenizer; else the pre-training run's (config.init_from), copied
     into this workdir; else one fitted on the labelled texts."""
-    own = os.path.join(workdir, tokenizers.FILENAME) if workdir else None
-    if not config.init_from:
-      return tokenizers.fit_or_load(config.data, "\n".join(self.splits.train_texts),
-                                    "\n".join(self.splits.heldout_texts), workdir, write=write)
-    has_own = own is not None and os.path.exists(own)
-    source = own if has_own else os.path.join(_workdir_with_tokenizer(config.init_from),
-                                              tokenizers.FILENAME)
-    tokenizer = tokenizers.load(source)
-    # The pre-trained weights fix the token ids: the tokenizer keys follow the checkpoint's
-    # tokenizer (an imported GPT-2's 50257 BPE tokens, say), whatever the variant defaults.
-    config.data.tokenizer = tokenizer.kind
-    if tokenizer.kind == "bpe":
-      config.data.bpe_vocab_size = tokenizer.vocab_size
-    if own and write and not has_own:
-      with atomic_files.replacing(own) as temporary:
-        shutil.copyfile(source, temporary)
-    return tokenizer
+    if config.init_from:
+      return tokenizers.load_for_init_from(config.data, config.init_from, workdir, write=write)
+    return tokenizers.fit_or_load(config.data, "\n".join(self.splits.train_texts),
+                                  "\n".join(self.splits.heldout_texts), workdir, write=write)
 
   def _encode(self, texts: list[str]) -> list[np.ndarray]:
     """Token ids per text. A character tokenizer drops characters it does not know (text
@@ -154,6 +138,12 @@ class SupervisedFineTuningTask(Task):
     ce = optax.softmax_cross_entropy_with_integer_labels(lm_logits[:, :-1], targets)
     return (ce * mask).sum() / jnp.maximum(mask.sum(), 1.0), mask.sum()
 
+  def microbatch_mismatch(self):
+    if self.lm_loss_weight == 0:
+      return ""
+    return ("its LM loss averages over the batch's real tokens, of which texts of different "
+            "lengths give microbatches unequal shares (config.sft.lm_loss_weight=0 has none)")
+
   def flops_per_step(self, num_params):
     per_token = gpt.flops_per_token(self.model_config, num_params, self.seq_len)
     return per_token * self.tokens_per_step()
@@ -167,18 +157,9 @@ class SupervisedFineTuningTask(Task):
   def metadata(self):
     return {"task": "sft", "model": dataclasses.asdict(self.model_config),
             "tokenizer": self.tokenizer.kind, "vocab_size": self.tokenizer.vocab_size,
+            "tokenizer_sha256": self.tokenizer.fingerprint,
             "classes": list(self.splits.class_names)}
 
   def majority_baseline(self) -> tuple[str, float]:
     return self.splits.majority_baseline()
 
-
-def _workdir_with_tokenizer(init_from: str) -> str:
-  """The pre-training workdir holding tokenizer.json, for init_from = a workdir, its
-  checkpoints folder or one checkpoint (workdir/checkpoints/<step>)."""
-  path = os.path.abspath(init_from)
-  for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-    if os.path.isfile(os.path.join(candidate, tokenizers.FILENAME)):
-      return candidate
-  raise UserError(f"config.init_from={init_from!r}: no {tokenizers.FILENAME} in it or in the "
-                  "two folders above it; point it at a genvis run's workdir or checkpoint")

@@ -10,7 +10,8 @@
 - Restoring takes the target's shardings, so a checkpoint written on one mesh restores onto
   another.
 - Each checkpoint stores the task's metadata (model config, tokenizer) as JSON next to the
-  arrays; a resume whose model differs is refused with a message naming the fields.
+  arrays; a resume whose model differs is refused with a message naming the fields, and so
+  is one whose state holds other arrays (an EMA or optimizer setting changed since).
 - `ParamsSource` reads just the parameters of another run's checkpoint (fine-tuning from a
   pre-trained model), onto the new model's shardings.
 """
@@ -57,24 +58,31 @@ class Checkpointer:
     args = ocp.args.Composite(meta=ocp.args.JsonRestore())
     return self._manager.restore(step, args=args)["meta"]
 
-  def restore(self, abstract_state, check_meta: Callable[[dict, str], None] | None = None
-              ) -> tuple[Any, dict, int] | None:
+  def restore(self, abstract_state, check_meta: Callable[[dict, str], None] | None = None,
+              part_keys: dict[str, str] | None = None) -> tuple[Any, dict, int] | None:
     """(state, meta, step) from the newest readable checkpoint, or None if there is none.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings: the arrays are laid
     out as it says, whatever mesh wrote them. `check_meta` may raise UserError to refuse a
-    checkpoint of a different model; that error is not treated as corruption.
+    checkpoint of a different model; that error is not treated as corruption, and neither is
+    a checkpoint whose arrays sit at other paths than the target's (a UserError naming the
+    state's parts that differ and, from `part_keys`, the config key behind each part).
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
     unreadable = []
     for candidate in steps:
+      where = f"{self.directory}/{candidate}"
       try:
         meta = self.read_meta(candidate)
+        saved_tree = self._state_tree(candidate)
       except Exception as e:  # pylint: disable=broad-except
         unreadable.append((candidate, e))
         continue
       if check_meta is not None:
-        check_meta(meta, f"{self.directory}/{candidate}")
+        check_meta(meta, where)
+      difference = _layout_difference(saved_tree, abstract_state, part_keys or {})
+      if difference:
+        raise UserError(f"checkpoint {where} holds a different train state: {difference}")
       try:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         state = self._manager.restore(candidate, args=args)["state"]
@@ -89,6 +97,11 @@ class Checkpointer:
                       f"{one_line(first_error)}")
     return None
 
+  def _state_tree(self, step: int):
+    """The saved state's tree of array metadata (read from its files, no arrays loaded)."""
+    with ocp.PyTreeCheckpointer() as reader:
+      return reader.metadata(os.path.join(self.directory, str(step), "state")).item_metadata.tree
+
   def _set_aside(self, unreadable):
     """Move checkpoints that failed to restore out of Orbax's view, keeping their files."""
     for step, error in unreadable:
@@ -96,7 +109,7 @@ class Checkpointer:
                   step, self.directory, one_line(error))
       source = os.path.join(self.directory, str(step))
       if os.path.isdir(source) and _is_primary_process():
-        os.replace(source, os.path.join(self.directory, f"corrupt-{step}"))
+        os.replace(source, _free_name(os.path.join(self.directory, f"corrupt-{step}")))
     if unreadable:
       _barrier("genvis_checkpoint_set_aside")  # every process must see the rename
       self._manager.reload()
@@ -197,6 +210,45 @@ class ParamsSource:
 
   def close(self):
     self._manager.close()
+
+
+def _free_name(path: str) -> str:
+  """`path`, or `path`-2, -3, ... if taken (the same step can be set aside more than once)."""
+  candidate, n = path, 1
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{path}-{n}"
+  return candidate
+
+
+def _array_paths(tree) -> dict[str, set[tuple[str, ...]]]:
+  """Top-level part -> the paths of its arrays below it, as tuples of names."""
+  import jax  # pylint: disable=import-outside-toplevel
+  def name(key):
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+  parts = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = tuple(name(key) for key in path)
+    parts.setdefault(names[0], set()).add(names[1:])
+  return parts
+
+
+def _layout_difference(saved_tree, target, part_keys: dict[str, str]) -> str:
+  """'' if the saved arrays sit at the target's paths; else which top-level parts differ."""
+  saved, wanted = _array_paths(saved_tree), _array_paths(target)
+  differences = []
+  for part in sorted(set(saved) | set(wanted)):
+    here, there = wanted.get(part, set()), saved.get(part, set())
+    if here == there:
+      continue
+    detail = (f"has {len(there)} arrays in the checkpoint, {len(here)} in this run"
+              if len(here) != len(there) else "has its arrays at other paths than this run's")
+    hint = f" (did {part_keys[part]} change?)" if part in part_keys else ""
+    differences.append(f"{part} {detail}{hint}")
+  return "; ".join(differences)
 
 
 def _shapes(tree_metadata):

@@ -22,6 +22,7 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
@@ -42,6 +43,11 @@ from genvis.train.state import TrainState
 from genvis.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
+
+
+# What makes a part of the train state differ between a checkpoint and this run's config.
+STATE_PART_KEYS = {"ema_params": "config.train.ema_decay",
+                   "opt_state": "config.optim"}
 
 
 class TrainingDiverged(UserError):
@@ -65,11 +71,20 @@ class Trainer:
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
     mesh_lib.check_divisible(self.task.batch_spec(), self.batch_sharding)
     self._derive_state_shardings()
+    if config.checkpoint.keep < 1:  # Orbax would delete every checkpoint as it is written
+      raise UserError(f"config.checkpoint.keep={config.checkpoint.keep} must be >= 1")
+    if config.checkpoint.every < 0:
+      raise UserError(f"config.checkpoint.every={config.checkpoint.every} must be >= 0 "
+                      "(0: only at the end)")
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
                                      async_save=config.checkpoint.async_save)
+    # The eval step runs the train step's forward pass: the same compiler options suit it.
+    self.xla_options = xla_options.for_backend(config.train.xla_options,
+                                               self.mesh.devices.flat[0].platform)
     self._eval_step = jax.jit(make_eval_step(self.task),
-                              out_shardings=mesh_lib.replicated(self.mesh))
+                              out_shardings=mesh_lib.replicated(self.mesh),
+                              compiler_options=self.xla_options or None)
 
   # ----------------------------------------------------------------------------- state
   def sharding_context(self):
@@ -104,6 +119,7 @@ class Trainer:
     with self.sharding_context():
       boxed_params = jax.eval_shape(lambda r: self.task.init_variables(r)["params"], rng)
       abstract = jax.eval_shape(self._init_state, rng)
+    self._check_ema_precision(abstract.params)
     replicated = mesh_lib.replicated(self.mesh)
     params = mesh_lib.logical_shardings(boxed_params, self.mesh, self.rules)
     # Optimizer moments shard like the parameters they track; counters are replicated.
@@ -116,6 +132,16 @@ class Trainer:
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         abstract, self.state_shardings)
     self.num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+
+  def _check_ema_precision(self, abstract_params):
+    """An EMA kept in 16-bit floats stays put: (1 - decay) of a step's change, at the usual
+    decays, is below the resolution of the value it is added to."""
+    decay = self.config.train.ema_decay
+    low = sorted({str(p.dtype) for p in jax.tree.leaves(abstract_params)
+                  if jnp.issubdtype(p.dtype, jnp.floating) and p.dtype.itemsize < 4})
+    if decay > 0 and low:
+      raise UserError(f"config.train.ema_decay={decay} needs float32 parameters, not {low[0]}: "
+                      "its updates would round away (set the model's param_dtype to float32)")
 
   def check_checkpoint_meta(self, saved: dict, where: str, *, same_task: bool = True,
                             model_fields: tuple[str, ...] | None = None):
@@ -134,7 +160,9 @@ class Trainer:
     differences = [f"model.{k}={saved_model.get(k)!r} in the checkpoint, {model.get(k)!r} now"
                    for k in sorted(compared)
                    if k not in runtime_only and saved_model.get(k) != model.get(k)]
-    keys = set(saved) | set(current) if same_task else (set(saved) & set(current)) - {"task"}
+    # A fact metadata() records now but an older checkpoint lacks is not compared (as model
+    # fields count as their defaults); one the checkpoint records is, absent now or not.
+    keys = set(saved) if same_task else (set(saved) & set(current)) - {"task"}
     differences += [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
                     for k in sorted(keys) if k != "model" and saved.get(k) != current.get(k)]
     if differences:
@@ -143,7 +171,8 @@ class Trainer:
 
   def _restore(self) -> TrainState | None:
     """The newest readable checkpoint of this model onto this mesh, or None."""
-    restored = self.checkpointer.restore(self.abstract_state, self.check_checkpoint_meta)
+    restored = self.checkpointer.restore(self.abstract_state, self.check_checkpoint_meta,
+                                         part_keys=STATE_PART_KEYS)
     return None if restored is None else restored[0]
 
   def restore_or_init(self) -> TrainState:
@@ -234,17 +263,9 @@ class Trainer:
     batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.batch_sharding)
              for k, s in self.task.batch_spec().items()}
     self._check_train_config(batch)
-    with self.sharding_context():
-      options = {**xla_options.for_backend(self.config.train.xla_options,
-                                           self.mesh.devices.flat[0].platform),
-                 **(compiler_options or {})}
-      lowered = jitted.lower(self.abstract_state, batch)
-      try:
-        compiled = lowered.compile(options)
-      except jax.errors.JaxRuntimeError as e:
-        if not xla_options.is_option_error(e):
-          raise
-        raise UserError(f"config.train.xla_options: {str(e).splitlines()[0]}") from None
+    with self.sharding_context(), xla_options.errors_name_the_key():
+      compiled = jitted.lower(self.abstract_state, batch).compile(
+          {**self.xla_options, **(compiler_options or {})})
     # Again, right before stepping: TensorFlow (tfds input pipelines) resets malloc's settings
     # in some runs, and the steps then page-fault their temporaries again.
     host_memory.keep_freed_memory_on_cpu_hosts()
@@ -254,6 +275,10 @@ class Trainer:
     if self.config.train.log_every < 1:
       raise UserError(f"config.train.log_every={self.config.train.log_every} must be >= 1")
     accum = self.config.train.grad_accum_steps
+    mismatch = self.task.microbatch_mismatch() if accum > 1 else ""
+    if mismatch:
+      raise UserError(f"config.train.grad_accum_steps={accum}: the {self.config.task} task's "
+                      f"loss does not split into microbatches: {mismatch}")
     for name, spec in batch.items():
       if accum < 1 or spec.shape[0] % accum:
         raise UserError(f"config.train.grad_accum_steps={accum} must divide the batch "
@@ -266,7 +291,7 @@ class Trainer:
     totals, counts = {}, {}
     if self.config.eval.num_batches == 0:
       return {}
-    with self.sharding_context():
+    with self.sharding_context(), xla_options.errors_name_the_key():
       for local in self.task.eval_batches():
         metrics = jax.device_get(self._eval_step(params, self.global_batch(local)))
         weights = {k.removeprefix("weight/"): float(metrics.pop(k))
@@ -303,9 +328,11 @@ class Trainer:
   def train(self) -> dict:
     cfg = self.config.train
     total = cfg.steps
-    if self.is_primary:
-      config_lib.write_config(self.config, self.workdir)  # after the task resolved vocab_size
     state = self.restore_or_init()
+    # After the task resolved vocab_size, and only once the workdir's checkpoint (if any) was
+    # accepted: a refused resume must leave the config that describes that checkpoint.
+    if self.is_primary:
+      config_lib.write_config(self.config, self.workdir)
     start = int(jax.device_get(state.step))
     # Opened here, not in __init__: evaluating or sampling a run adds no event files to it.
     self.writer = MetricWriter(self.workdir, enabled=self.is_primary)
@@ -353,15 +380,15 @@ class Trainer:
           log.warning("stop requested (SIGTERM): saved step %d, exiting", step)
           summary["preempted"] = True
           break
-    finally:
+    finally:  # also when the run diverged: no Orbax threads or open event file stay behind
       progress.close()
       stop.uninstall()
       self.checkpointer.wait()
+      self.checkpointer.close()
+      self.writer.close()
     summary["step"] = step
     if step >= total and not summary.get("preempted"):
       self._finish(state, step, summary, start)
-    self.checkpointer.close()
-    self.writer.close()
     return summary
 
   def _finish(self, state, step, summary, start):

@@ -1,4 +1,4 @@
-"""XLA compiler options for the train step, from `config.train.xla_options`.
+"""XLA compiler options for the trainer's train and eval steps, from `config.train.xla_options`.
 
 A config names options for every backend it may run on; each compile gets those of its own
 backend (`xla_gpu_*` on GPUs, `xla_cpu_*` on CPUs, `xla_tpu_*` on TPUs) and every option
@@ -10,6 +10,12 @@ JAX-Toolbox images once set the same flag for all they ran). On an H200, GPT-2 1
 batch 16 x 1024 went from 40.9 to 34.7 ms: the tied LM head's three GEMMs had run as Triton
 fusions at about 330 TFLOP/s (experiments/results/lm/README.md).
 """
+
+import contextlib
+
+import jax
+
+from genvis.errors import UserError
 
 BACKEND_PREFIXES = {"gpu": "xla_gpu_", "cpu": "xla_cpu_", "tpu": "xla_tpu_"}
 
@@ -27,3 +33,15 @@ def is_option_error(error: Exception) -> bool:
   """Whether a compile failed on its options: an unknown name or a value of the wrong type."""
   message = str(error)
   return "No such compile option" in message or "While setting option" in message
+
+
+@contextlib.contextmanager
+def errors_name_the_key():
+  """A compile under it that fails on its options raises a one-line UserError naming
+  config.train.xla_options; other errors pass through unchanged."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if not is_option_error(e):
+      raise
+    raise UserError(f"config.train.xla_options: {str(e).splitlines()[0]}") from None

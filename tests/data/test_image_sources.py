@@ -321,6 +321,19 @@ def test_train_and_test_of_different_sizes_are_one_line_error(tmp_path):
   assert train.images.shape[1:] == test.images.shape[1:] == (4, 4, 3)
 
 
+def test_automatic_channels_are_decided_over_every_split_of_the_folder(tmp_path):
+  for i in range(3):
+    _write_image(tmp_path / f"train/{i}.png", (8, 8), "L", 40 * i)
+    _write_image(tmp_path / f"test/{i}.png", (8, 8), "L", 40 * i)
+  config = _config(source="folder", folder=str(tmp_path), resolution=8)
+  train, test = image_sources.load_train_test(config)
+  assert train.images.shape[-1] == test.images.shape[-1] == 1  # all grey: grey
+  _write_image(tmp_path / "test/rgb.png", (8, 8), "RGB", (200, 30, 30))
+  train, test = image_sources.load_train_test(config)  # one colour image, in test only
+  assert train.images.shape == (3, 8, 8, 3) and test.images.shape == (4, 8, 8, 3)
+  np.testing.assert_array_equal(train.images[..., 0], train.images[..., 2])  # grey as RGB
+
+
 def test_hash_split_is_deterministic_and_partitions_the_folder(tmp_path):
   for i in range(20):
     Image.new("L", (3, 3), i * 10).save(tmp_path / f"{i:02d}.png")

@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error
 from genvis.data import batching, text_sources, tokenizers
 from genvis.errors import UserError
 
@@ -61,7 +62,7 @@ def test_bpe_tokenizer_has_the_requested_vocab_and_round_trips(tmp_path):
 
 def test_fit_or_load_prefers_the_workdirs_tokenizer(tmp_path):
   first = tokenizers.fit_or_load(data_config(), "abc", "", str(tmp_path))
-  again = tokenizers.fit_or_load(data_config(), "xyz", "", str(tmp_path))
+  again = tokenizers.fit_or_load(data_config(), "ba", "", str(tmp_path))  # would fit "ab"
   assert again.chars == first.chars == "abc"
 
 
@@ -94,3 +95,68 @@ def test_a_workdir_tokenizer_of_another_kind_is_refused(tmp_path):
   tokenizers.fit_or_load(data_config(), "abc", "", str(tmp_path))
   with pytest.raises(UserError, match="is a 'char' tokenizer but config.data.tokenizer='bpe'"):
     tokenizers.fit_or_load(data_config(tokenizer="bpe"), "abc", "", str(tmp_path))
+
+
+def test_a_bpe_tokenizer_that_ran_out_of_pairs_below_bpe_vocab_size_reloads(tmp_path):
+  config = data_config(tokenizer="bpe", bpe_vocab_size=2000)
+  text = "hello world, this is a tiny corpus.\n" * 50
+  first = tokenizers.fit_or_load(config, text, "", str(tmp_path))
+  assert first.vocab_size < 2000  # the trainer stopped merging: no pairs were left
+  again = tokenizers.fit_or_load(config, text, "", str(tmp_path))  # a resume
+  assert again.fingerprint == first.fingerprint
+  smaller = data_config(tokenizer="bpe", bpe_vocab_size=first.vocab_size - 1)
+  with pytest.raises(UserError) as excinfo:
+    tokenizers.fit_or_load(smaller, text, "", str(tmp_path))
+  assert_one_line_error(excinfo, str(tmp_path / tokenizers.FILENAME),
+                        f"has {first.vocab_size} tokens, more than config.data.bpe_vocab_size="
+                        f"{first.vocab_size - 1}")
+
+
+def test_a_resumed_char_tokenizer_must_cover_the_text_of_config_data_path(tmp_path):
+  tokenizers.fit_or_load(data_config(source="file", path="a.txt"), "abc", "d", str(tmp_path))
+  again = tokenizers.fit_or_load(data_config(source="file", path="a.txt"), "ab", "", str(tmp_path))
+  assert again.chars == "abcd"  # text it covers is fine
+  with pytest.raises(UserError) as excinfo:
+    tokenizers.fit_or_load(data_config(source="file", path="b.txt"), "abz", "", str(tmp_path))
+  assert_one_line_error(excinfo, str(tmp_path / tokenizers.FILENAME),
+                        "config.data.path='b.txt'", "'z'", "new workdir")
+
+
+def test_the_fingerprint_follows_what_each_id_means(tmp_path):
+  chars = tokenizers.CharTokenizer("abc")
+  assert tokenizers.CharTokenizer("abc").fingerprint == chars.fingerprint
+  assert tokenizers.CharTokenizer("bac").fingerprint != chars.fingerprint  # same size
+  config = data_config(tokenizer="bpe", bpe_vocab_size=300)
+  corpus = text_sources.embedded_corpus()
+  bpe = tokenizers.fit(config, corpus[:20_000])
+  bpe.save(str(tmp_path / "bpe.json"))
+  assert tokenizers.load(str(tmp_path / "bpe.json")).fingerprint == bpe.fingerprint
+  other = tokenizers.fit(config, corpus[20_000:40_000])
+  assert other.vocab_size == bpe.vocab_size and other.fingerprint != bpe.fingerprint
+
+
+def test_init_from_takes_the_source_runs_tokenizer_and_its_config_keys(tmp_path):
+  source = tmp_path / "source"
+  source.mkdir()
+  fitted = tokenizers.fit_or_load(data_config(tokenizer="bpe"), "the cat sat\n" * 20, "",
+                                  str(source))
+  config = data_config()  # asks for a char tokenizer: the weights decide
+  own = tmp_path / "run"
+  own.mkdir()
+  init_from = str(source / "checkpoints" / "7")
+  tokenizer = tokenizers.load_for_init_from(config, init_from, str(own), cover=("ab",))
+  assert tokenizer.fingerprint == fitted.fingerprint
+  assert (config.tokenizer, config.bpe_vocab_size) == ("bpe", fitted.vocab_size)
+  assert (own / tokenizers.FILENAME).read_bytes() == (source / tokenizers.FILENAME).read_bytes()
+  with pytest.raises(UserError) as excinfo:
+    tokenizers.load_for_init_from(data_config(), str(tmp_path), None)
+  assert_one_line_error(excinfo, "config.init_from=", "no tokenizer.json")
+
+
+def test_init_from_a_char_tokenizer_must_cover_the_text(tmp_path):
+  tokenizers.fit_or_load(data_config(), "abc", "", str(tmp_path))
+  with pytest.raises(UserError) as excinfo:
+    tokenizers.load_for_init_from(data_config(source="file", path="b.txt"), str(tmp_path),
+                                  None, cover=("abz", ""))
+  assert_one_line_error(excinfo, str(tmp_path / tokenizers.FILENAME),
+                        "config.data.path='b.txt'", "'z'", "config.init_from")

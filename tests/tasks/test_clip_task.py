@@ -87,6 +87,11 @@ def test_sharded_loss_equals_the_global_one_on_8_devices(run, tmp_path, monkeypa
   assert values[True]["accuracy"] == values[False]["accuracy"]
 
 
+def test_gradient_accumulation_is_refused(run):
+  # Microbatches would each compare their images with fewer captions: another objective.
+  assert "every caption of the whole batch" in run[2].task.microbatch_mismatch()
+
+
 def test_siglip_learns_a_bias(tmp_path):
   trainer = Trainer(clip_config("data=digits,loss=siglip", train__steps=1, eval__num_batches=0),
                     str(tmp_path))

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY_OVERRIDES, load_test_config, tiny_config
+from conftest import TINY_OVERRIDES, assert_one_line_error, load_test_config, tiny_config
 from genvis import main
+from genvis.data import tokenizers
 from genvis.errors import UserError
 from genvis.models import gpt
 from genvis.models.gpt_classifier import GPTClassifier
@@ -125,6 +126,15 @@ def test_loss_is_cls_loss_plus_lambda_times_lm_loss(initialised):
   assert set(on) == {"loss", "cls_loss", "lm_loss", "accuracy", "weight", "weight/lm_loss"}
 
 
+def test_gradient_accumulation_is_refused_while_the_lm_loss_counts(tmp_path):
+  with pytest.raises(UserError) as excinfo:
+    Trainer(sft_config(train__grad_accum_steps=2), str(tmp_path / "on")).compile_train_step()
+  assert_one_line_error(excinfo, "config.train.grad_accum_steps=2: the sft task's loss does "
+                                 "not split into microbatches", "real tokens")
+  Trainer(sft_config(train__grad_accum_steps=2, sft__lm_loss_weight=0.0),
+          str(tmp_path / "off")).compile_train_step()  # a mean over texts alone splits
+
+
 def test_lm_loss_and_metrics_ignore_padding_tokens_and_rows(initialised):
   trainer, state = initialised
   task, params = trainer.task, state.params
@@ -181,6 +191,17 @@ def test_init_from_a_different_model_is_one_line_naming_the_field(pretrained, tm
   message = str(excinfo.value)
   assert "\n" not in message
   assert "model.num_layers=2 in the checkpoint, 3 now" in message, message
+
+
+def test_init_from_with_another_tokenizer_of_the_same_size_is_refused(pretrained, tmp_path):
+  with open(os.path.join(pretrained[0], tokenizers.FILENAME), encoding="utf-8") as f:
+    chars = json.load(f)["chars"]
+  # This workdir already holds a tokenizer (an earlier attempt's): same size, other ids.
+  tokenizers.CharTokenizer(chars[::-1]).save(str(tmp_path / tokenizers.FILENAME))
+  trainer = Trainer(sft_config(init_from=pretrained[0]), str(tmp_path))
+  with pytest.raises(UserError) as excinfo:
+    trainer.restore_or_init()
+  assert_one_line_error(excinfo, "config.init_from", "tokenizer_sha256=")
 
 
 def test_init_from_shape_mismatch_names_the_parameter_and_shapes(pretrained):

@@ -134,9 +134,39 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
   other = Trainer(tiny_config(model__num_layers=3, **NO_EXTRAS), str(tmp_path))
   with pytest.raises(UserError, match=r"different model: model.num_layers=2 in the "
                                       r"checkpoint, 3 now") as error:
-    other.restore_or_init()
+    other.train()
   assert "\n" not in str(error.value)
   assert other.checkpointer.all_steps() == [5]  # nothing was touched
+  # config.json still describes the checkpoint (tools rebuild the run's model from it)
+  saved_config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+  assert saved_config["model"]["num_layers"] == 2
+
+
+def test_a_checkpoint_of_another_train_state_layout_is_refused_by_key(tmp_path):
+  Trainer(tiny_config(train__steps=2, **NO_EXTRAS), str(tmp_path)).train()
+  for overrides, fragments in [
+      (dict(train__ema_decay=0.5), ("ema_params has 0 arrays in the checkpoint",
+                                    "config.train.ema_decay")),
+      (dict(optim__clip_norm=0.0), ("opt_state has its arrays at other paths",
+                                    "config.optim"))]:
+    other = Trainer(tiny_config(train__steps=2, **overrides, **NO_EXTRAS), str(tmp_path))
+    with pytest.raises(UserError) as excinfo:
+      other.restore_or_init()
+    assert_one_line_error(excinfo, "holds a different train state", *fragments)
+    assert other.checkpointer.all_steps() == [2]  # not taken for corruption: nothing moved
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(checkpoint__keep=0), "config.checkpoint.keep=0 must be >= 1"),
+    (dict(checkpoint__every=-1), "config.checkpoint.every=-1 must be >= 0"),
+    (dict(train__ema_decay=0.999, model__param_dtype="bfloat16"),
+     "config.train.ema_decay=0.999 needs float32 parameters"),
+])
+def test_bad_trainer_settings_are_named_before_anything_runs(tmp_path, overrides, fragment):
+  with pytest.raises(UserError) as excinfo:
+    Trainer(tiny_config(**overrides, **NO_EXTRAS), str(tmp_path))
+  assert_one_line_error(excinfo, fragment)
+  assert not (tmp_path / "checkpoints").exists()
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
@@ -147,12 +177,13 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   for path in (checkpoints / "4" / "state").rglob("*"):
     if path.is_file() and path.stat().st_size > 0:
       path.write_bytes(b"garbage")
+  (checkpoints / "corrupt-4").mkdir()  # an earlier step 4 was set aside before
   trainer = Trainer(config, str(tmp_path))
   with caplog.at_level("WARNING"):
     state = trainer.restore_or_init()
   assert int(state.step) == 2
   assert "unreadable" in caplog.text
-  assert (checkpoints / "corrupt-4").is_dir()  # kept for inspection, out of the way
+  assert (checkpoints / "corrupt-4-2" / "state").is_dir()  # kept for inspection, out of the way
   assert trainer.checkpointer.all_steps() == [2]
 
 
@@ -168,14 +199,21 @@ def test_a_checkpoint_older_than_a_model_field_counts_as_its_default(tmp_path):
     banded.check_checkpoint_meta(older, "old")
 
 
-def test_config_xla_options_reach_the_step_compile_on_their_backend_only(tmp_path):
+def test_config_xla_options_reach_the_train_and_eval_compiles_on_their_backend_only(tmp_path):
   own = xla_options.BACKEND_PREFIXES[jax.devices()[0].platform]
   other = next(p for p in xla_options.BACKEND_PREFIXES.values() if p != own)
   # No backend knows these names: a compile that saw one would fail naming it.
-  Trainer(tiny_config(train__xla_options={f"{other}no_such_option": True}, **NO_EXTRAS),
-          str(tmp_path / "other")).compile_train_step()
-  trainer = Trainer(tiny_config(train__xla_options={f"{own}no_such_option": True}, **NO_EXTRAS),
-                    str(tmp_path / "own"))
+  one_eval_batch = dict(NO_EXTRAS, eval__num_batches=1)
+  elsewhere = Trainer(tiny_config(train__xla_options={f"{other}no_such_option": True},
+                                  **one_eval_batch), str(tmp_path / "other"))
+  elsewhere.compile_train_step()
+  state = elsewhere.restore_or_init()
+  assert np.isfinite(elsewhere.evaluate(state.params)["val_loss"])
+  trainer = Trainer(tiny_config(train__xla_options={f"{own}no_such_option": True},
+                                **one_eval_batch), str(tmp_path / "own"))
   with pytest.raises(UserError) as excinfo:
     trainer.compile_train_step()
+  assert_one_line_error(excinfo, "config.train.xla_options", f"{own}no_such_option")
+  with pytest.raises(UserError) as excinfo:
+    trainer.evaluate(state.params)
   assert_one_line_error(excinfo, "config.train.xla_options", f"{own}no_such_option")
