@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.checkpoint = dict(
       every=500,  # 0: only at the end (and on SIGTERM)
-      keep=3,  # the newest `keep` (>= 1) are kept
+      keep=3,  # the newest `keep` (>= 1; None: all) are kept
       async_save=True,
   )
   c.sample = dict(

@@ -6,13 +6,15 @@ A run that starts from another's weights (`config.init_from`) uses that run's to
 instead (`load_for_init_from`): the weights fix what each id means.
 
 BPE stops merging when the text holds no more pairs, so a small corpus gives fewer tokens than
-`config.data.bpe_vocab_size`: that size is an upper bound, and a saved tokenizer of at most
-that many tokens is the one the config asks for.
+`config.data.bpe_vocab_size`: that size is an upper bound. A saved tokenizer with fewer tokens
+is reloaded with a warning (the file does not record the size it was asked for, so a workdir
+whose bpe_vocab_size was raised since looks the same); one with more is refused.
 """
 
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 
@@ -20,6 +22,8 @@ import numpy as np
 
 from genvis import atomic_files
 from genvis.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FILENAME = "tokenizer.json"
 
@@ -185,6 +189,11 @@ def _check_matches(tokenizer, data_config, path: str):
     raise UserError(f"{path} has {tokenizer.vocab_size} tokens, more than config.data."
                     f"bpe_vocab_size={data_config.bpe_vocab_size}; use a new workdir or the "
                     "bpe_vocab_size it was fitted with")
+  if tokenizer.kind == "bpe" and tokenizer.vocab_size < data_config.bpe_vocab_size:
+    log.warning("%s has %d tokens, fewer than config.data.bpe_vocab_size=%d: using it (its "
+                "text ran out of pairs to merge, or bpe_vocab_size was raised since; a new "
+                "workdir fits a new one)", path, tokenizer.vocab_size,
+                data_config.bpe_vocab_size)
   return tokenizer
 
 

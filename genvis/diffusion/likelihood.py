@@ -116,8 +116,7 @@ def ode_log_likelihood(sde: SDE, score_fn: ScoreFn, x: jax.Array, rng: jax.Array
   if not 0 < eps < sde.T:
     raise UserError(f"ode_log_likelihood: eps={eps} must be in (0, T={sde.T})")
   batch = x.shape[0]
-  check_output_shape(score_fn, x, jax.ShapeDtypeStruct((batch,), x.dtype), role="score",
-                     where="ode_log_likelihood")
+  check_output_shape(score_fn, x, role="score", where="ode_log_likelihood")
   probes = divergence_probes(rng, x, divergence, num_probes)
   drift_fn = sde.ode_drift(score_fn)
 

@@ -75,8 +75,7 @@ def as_score_pytree(score_fn: Callable) -> jax.tree_util.Partial:
 def _check_score(score_fn, x, where: str):
   """score_fn(x, t [B]) must return x's shape. The samplers call this inside their jit, so it
   runs while tracing, once per compilation, and fails there rather than in the loop."""
-  check_output_shape(score_fn, x, jax.ShapeDtypeStruct(x.shape[:1], x.dtype), role="score",
-                     where=where)
+  check_output_shape(score_fn, x, role="score", where=where)
 
 
 def kernel(sde: SDE, t: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -67,14 +67,15 @@ def check_times(x: jax.Array, t: jax.Array, where: str):
                     f"time per example of x {list(x.shape)}), got {list(jnp.shape(t))}")
 
 
-def check_output_shape(fn: Callable, x, t, *, role: str, where: str):
+def check_output_shape(fn: Callable, x, t=None, *, role: str, where: str):
   """fn(x, t) must return one value per entry of x, i.e. x's shape: a net that drops or adds
   a dim would otherwise broadcast silently (a finite, wrong loss) or fail deep inside a
   sampler's loop. Checked on shapes alone (jax.eval_shape evaluates nothing), so inside jit
   it costs one abstract trace at compile time and nothing at run time. x, t: arrays, tracers
-  or jax.ShapeDtypeStructs."""
+  or jax.ShapeDtypeStructs; t defaults to one time per example, in x's dtype."""
+  t_shape, t_dtype = (x.shape[:1], x.dtype) if t is None else (t.shape, t.dtype)
   out = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       jax.ShapeDtypeStruct(t.shape, t.dtype))
+                       jax.ShapeDtypeStruct(t_shape, t_dtype))
   shape = getattr(out, "shape", None)
   if shape != tuple(x.shape):
     got = f"shape {list(shape)}" if shape is not None else f"a {type(out).__name__}"

@@ -40,8 +40,7 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
   multiple_choice = task.multiple_choice
   result = {"scoring": "multiple_choice" if multiple_choice else "exact_match",
             "num_examples": len(task.queries), "accuracy": {}, "skipped": {}, "examples": []}
-  prompt_end, completion_start = scoring.place_answer_prefix(tokenizer, fmt.answer_prefix)
-  completions = [completion_start + c + fmt.example_sep
+  completions = [scoring.fed_completion(tokenizer, c, fmt.answer_prefix, fmt.example_sep)
                  for q in task.queries for c in (q.choices or (q.answer,))]
   longest_completion = max(len(_encode(tokenizer, c, task.name)) for c in completions)
   available = prompts_lib.max_shots(task)
@@ -50,7 +49,8 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
       result["skipped"][str(k)] = f"only {available} demonstrations besides each query"
       continue
     prompts = prompts_lib.few_shot_prompts(task, k, seed, fmt)
-    longest_prompt = max(len(_encode(tokenizer, p + prompt_end, task.name)) for p in prompts)
+    fed = [scoring.fed_prompt(tokenizer, p, fmt.answer_prefix) for p in prompts]
+    longest_prompt = max(len(_encode(tokenizer, p, task.name)) for p in fed)
     # Both feed the prompt and the completion minus its last token (scored or generated,
     # never an input).
     needed = longest_prompt + longest_completion - 1
@@ -71,7 +71,7 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
       correct = [p == q.answer.strip() for p, q in zip(predicted, task.queries)]
     result["accuracy"][str(k)] = float(np.mean(correct))
     # The prompt as fed: a character tokenizer's ends in the separator's space.
-    result["examples"] += [{"k": k, "prompt": prompts[i] + prompt_end,
+    result["examples"] += [{"k": k, "prompt": fed[i],
                             "prediction": predicted[i], "answer": task.queries[i].answer}
                            for i in range(min(NUM_LOGGED_EXAMPLES, len(prompts)))]
   return result

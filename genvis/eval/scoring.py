@@ -104,6 +104,16 @@ def place_answer_prefix(tokenizer, answer_prefix: str) -> tuple[str, str]:
   return "", answer_prefix
 
 
+def fed_prompt(tokenizer, prompt: str, answer_prefix: str) -> str:
+  """The prompt as the model reads it (place_answer_prefix)."""
+  return prompt + place_answer_prefix(tokenizer, answer_prefix)[0]
+
+
+def fed_completion(tokenizer, answer: str, answer_prefix: str, delimiter: str) -> str:
+  """An answer's completion as it is scored or generated: it ends with the delimiter."""
+  return place_answer_prefix(tokenizer, answer_prefix)[1] + answer + delimiter
+
+
 def multiple_choice_predictions(model, params, tokenizer, prompts: list[str],
                                 choices: list[tuple[str, ...]], *, delimiter: str,
                                 answer_prefix: str = "", normalize: str = "none",
@@ -111,12 +121,11 @@ def multiple_choice_predictions(model, params, tokenizer, prompts: list[str],
                                 bucket: int = 32) -> list[int]:
   """For each prompt, the index of the choice the model scores highest. A choice's
   completion is answer_prefix + choice + delimiter (see place_answer_prefix)."""
-  prompt_end, completion_start = place_answer_prefix(tokenizer, answer_prefix)
   pairs_prompt, pairs_completion, owner, lengths = [], [], [], []
   for i, (prompt, options) in enumerate(zip(prompts, choices)):
-    prompt_ids = tokenizer.encode(prompt + prompt_end)
+    prompt_ids = tokenizer.encode(fed_prompt(tokenizer, prompt, answer_prefix))
     for option in options:
-      completion = completion_start + option + delimiter
+      completion = fed_completion(tokenizer, option, answer_prefix, delimiter)
       completion_ids = tokenizer.encode(completion)
       pairs_prompt.append(prompt_ids)
       pairs_completion.append(completion_ids)
@@ -166,9 +175,9 @@ def exact_match_predictions(model, params, tokenizer, prompts: list[str], answer
   The model generates as many tokens as the longest answer_prefix + answer + delimiter needs,
   so an answer that runs on past the expected one is caught as wrong.
   """
-  prompt_end, completion_start = place_answer_prefix(tokenizer, answer_prefix)
-  prompt_ids = [tokenizer.encode(p + prompt_end) for p in prompts]
-  max_new_tokens = max(len(tokenizer.encode(completion_start + a + delimiter)) for a in answers)
+  prompt_ids = [tokenizer.encode(fed_prompt(tokenizer, p, answer_prefix)) for p in prompts]
+  max_new_tokens = max(len(tokenizer.encode(fed_completion(tokenizer, a, answer_prefix,
+                                                           delimiter))) for a in answers)
   delimiter_ids = tokenizer.encode(delimiter) if delimiter else []
   stop_token = int(delimiter_ids[0]) if len(delimiter_ids) == 1 else -1
   continuations = greedy_continuations(model, params, prompt_ids, max_new_tokens=max_new_tokens,

@@ -73,6 +73,8 @@ class SelfAttention(nn.Module):
     if self.decode:  # the first (initialising) call only creates the cache
       self._cache_variables(k, v)
     rate = 0.0 if self.deterministic else self.dropout_rate
+    if self.implementation == "cudnn":
+      check_cudnn_can_run(rate, window, self.causal)
     through_jax = self.implementation == "cudnn" or (
         not self.implementation and jax.default_backend() != "cpu")
     if through_jax and rate == 0 and not _is_traced(window):
@@ -115,6 +117,25 @@ class SelfAttention(nn.Module):
     if not self.causal:  # every written slot, none of the empty ones
       mask &= key_pos < (start + chunk)[:, None, None]
     return jax.nn.dot_product_attention(q, keys, values, mask=mask[:, None])
+
+
+def check_cudnn_can_run(rate: float, window, causal: bool):
+  """What cuDNN's kernel behind jax.nn.dot_product_attention cannot run would silently take
+  the written-out attention instead (or fail inside JAX): say so, when tracing this call.
+  Checked here, not in the config, because dropout is on only in training: evaluating or
+  sampling a model trained with attention dropout runs the kernel."""
+  remedy = "use config.model.attention_impl='' or 'xla'"
+  if rate > 0:
+    raise UserError(f"config.model.attention_impl='cudnn' has no attention dropout "
+                    f"(config.model.attention_dropout={rate} in training): {remedy}, or "
+                    "attention_dropout=0")
+  if _is_traced(window):
+    raise UserError("config.model.attention_impl='cudnn' cannot take the band width that "
+                    "scanned layers of a mixed attention_pattern carry as a traced value: "
+                    f"{remedy}")
+  if window and not causal:
+    raise UserError("config.model.attention_impl='cudnn' bands only causal attention; this "
+                    f"model is bidirectional with local layers: {remedy}")
 
 
 def _is_traced(value) -> bool:

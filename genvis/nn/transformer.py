@@ -75,29 +75,9 @@ class TransformerConfig:
     if "local" in self.layer_kinds() and self.local_window < 1:
       raise UserError(f"config.model.attention_pattern={self.attention_pattern!r} has local "
                       f"layers: set config.model.local_window >= 1 (now {self.local_window})")
-    if self.attention_impl == "cudnn":
-      self._check_cudnn()
-
-  def _check_cudnn(self):
-    """What the fused kernel behind jax.nn.dot_product_attention can run; anything else
-    would silently take the written-out attention instead, or fail inside JAX."""
-    if self.dtype not in ("bfloat16", "float16"):
+    if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
       raise UserError(f"config.model.attention_impl='cudnn' needs config.model.dtype="
                       f"bfloat16 or float16 (cuDNN's flash attention), not {self.dtype!r}")
-    if self.attention_dropout > 0:
-      raise UserError(f"config.model.attention_impl='cudnn' has no attention dropout "
-                      f"(jax.nn.dot_product_attention): set config.model.attention_dropout=0 "
-                      f"(now {self.attention_dropout})")
-    windows = set(self.layer_windows())
-    if self.scan_layers and len(windows) > 1:
-      raise UserError(f"config.model.attention_impl='cudnn' with scan_layers=True and the "
-                      f"mixed attention_pattern={self.attention_pattern!r}: scanned layers "
-                      "take their band width as a traced value, which cuDNN cannot (set "
-                      "scan_layers=False)")
-    if not self.causal and windows - {0}:
-      raise UserError(f"config.model.attention_impl='cudnn' bands only causal attention; "
-                      f"this model is bidirectional with attention_pattern="
-                      f"{self.attention_pattern!r} (use attention_impl='' or 'xla')")
 
   def layer_windows(self) -> tuple[int, ...]:
     """Each layer's attention band width; 0 is dense attention."""

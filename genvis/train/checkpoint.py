@@ -5,8 +5,8 @@
 - Orbax writes each step into a temporary folder and renames it when complete, so a save cut
   short by a crash is never listed as a checkpoint.
 - On restore the newest checkpoint is tried first; if it cannot be read (corrupt files), a
-  warning is logged, it is moved aside to `corrupt-<step>` (never deleted) once an older one
-  has restored, and the next older one is used.
+  warning is logged, it is moved aside to `corrupt-<step>` (`-2`, ... if taken; never
+  deleted) once an older one has restored, and the next older one is used.
 - Restoring takes the target's shardings, so a checkpoint written on one mesh restores onto
   another.
 - Each checkpoint stores the task's metadata (model config, tokenizer) as JSON next to the
@@ -258,7 +258,7 @@ def _shapes(tree_metadata):
 
 def _checkpoint_steps(directory: str) -> list[int]:
   """Steps with a complete checkpoint (Orbax renames a step's folder to its number only once
-  it is written; corrupt ones were moved to corrupt-<step>)."""
+  it is written; corrupt ones were moved to corrupt-<step>[-n])."""
   if not os.path.isdir(directory):
     return []
   return sorted(int(name) for name in os.listdir(directory)

@@ -71,8 +71,9 @@ class Trainer:
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
     mesh_lib.check_divisible(self.task.batch_spec(), self.batch_sharding)
     self._derive_state_shardings()
-    if config.checkpoint.keep < 1:  # Orbax would delete every checkpoint as it is written
-      raise UserError(f"config.checkpoint.keep={config.checkpoint.keep} must be >= 1")
+    keep = config.checkpoint.keep
+    if keep is not None and keep < 1:  # Orbax would delete each checkpoint as it is written
+      raise UserError(f"config.checkpoint.keep={keep} must be >= 1 (None keeps every one)")
     if config.checkpoint.every < 0:
       raise UserError(f"config.checkpoint.every={config.checkpoint.every} must be >= 0 "
                       "(0: only at the end)")
@@ -119,7 +120,6 @@ class Trainer:
     with self.sharding_context():
       boxed_params = jax.eval_shape(lambda r: self.task.init_variables(r)["params"], rng)
       abstract = jax.eval_shape(self._init_state, rng)
-    self._check_ema_precision(abstract.params)
     replicated = mesh_lib.replicated(self.mesh)
     params = mesh_lib.logical_shardings(boxed_params, self.mesh, self.rules)
     # Optimizer moments shard like the parameters they track; counters are replicated.
@@ -133,15 +133,16 @@ class Trainer:
         abstract, self.state_shardings)
     self.num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
 
-  def _check_ema_precision(self, abstract_params):
-    """An EMA kept in 16-bit floats stays put: (1 - decay) of a step's change, at the usual
-    decays, is below the resolution of the value it is added to."""
+  def _check_ema_precision(self):
+    """An EMA kept in 16-bit floats stays put: (1 - decay) of a step's change is below the
+    resolution of the value it is added to. Checked for training only: a run's checkpoints
+    stay readable for evaluation and sampling."""
     decay = self.config.train.ema_decay
-    low = sorted({str(p.dtype) for p in jax.tree.leaves(abstract_params)
+    low = sorted({str(p.dtype) for p in jax.tree.leaves(self.abstract_state.params)
                   if jnp.issubdtype(p.dtype, jnp.floating) and p.dtype.itemsize < 4})
     if decay > 0 and low:
       raise UserError(f"config.train.ema_decay={decay} needs float32 parameters, not {low[0]}: "
-                      "its updates would round away (set the model's param_dtype to float32)")
+                      "its updates would round away (set config.model.param_dtype=float32)")
 
   def check_checkpoint_meta(self, saved: dict, where: str, *, same_task: bool = True,
                             model_fields: tuple[str, ...] | None = None):
@@ -274,6 +275,7 @@ class Trainer:
   def _check_train_config(self, batch):
     if self.config.train.log_every < 1:
       raise UserError(f"config.train.log_every={self.config.train.log_every} must be >= 1")
+    self._check_ema_precision()
     accum = self.config.train.grad_accum_steps
     mismatch = self.task.microbatch_mismatch() if accum > 1 else ""
     if mismatch:

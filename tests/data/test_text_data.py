@@ -97,13 +97,16 @@ def test_a_workdir_tokenizer_of_another_kind_is_refused(tmp_path):
     tokenizers.fit_or_load(data_config(tokenizer="bpe"), "abc", "", str(tmp_path))
 
 
-def test_a_bpe_tokenizer_that_ran_out_of_pairs_below_bpe_vocab_size_reloads(tmp_path):
+def test_a_bpe_tokenizer_that_ran_out_of_pairs_below_bpe_vocab_size_reloads(tmp_path, caplog):
   config = data_config(tokenizer="bpe", bpe_vocab_size=2000)
   text = "hello world, this is a tiny corpus.\n" * 50
   first = tokenizers.fit_or_load(config, text, "", str(tmp_path))
   assert first.vocab_size < 2000  # the trainer stopped merging: no pairs were left
-  again = tokenizers.fit_or_load(config, text, "", str(tmp_path))  # a resume
+  with caplog.at_level("WARNING"):
+    again = tokenizers.fit_or_load(config, text, "", str(tmp_path))  # a resume
   assert again.fingerprint == first.fingerprint
+  # It cannot tell this from a bpe_vocab_size raised since, so it says what it uses.
+  assert f"has {first.vocab_size} tokens, fewer than config.data.bpe_vocab_size=2000" in caplog.text
   smaller = data_config(tokenizer="bpe", bpe_vocab_size=first.vocab_size - 1)
   with pytest.raises(UserError) as excinfo:
     tokenizers.fit_or_load(smaller, text, "", str(tmp_path))

@@ -8,6 +8,7 @@ import pytest
 
 from genvis.errors import UserError
 from genvis.models import gpt
+from genvis.nn import attention as attention_lib
 from genvis.nn.attention import SelfAttention, attention_mask
 from genvis.nn.transformer import TransformerConfig
 
@@ -124,17 +125,18 @@ def test_scanned_and_looped_alternating_models_agree():
 def test_cudnn_attention_is_refused_where_it_cannot_run():
   with pytest.raises(UserError, match="attention_impl='cudnn' needs config.model.dtype"):
     TransformerConfig(num_layers=1, d_model=16, num_heads=2, attention_impl="cudnn")
-  cudnn = dict(num_layers=2, d_model=16, num_heads=2, attention_impl="cudnn", dtype="bfloat16")
-  TransformerConfig(**cudnn)  # runs on a GPU
-  for fields, message in [
-      (dict(attention_dropout=0.1), "has no attention dropout .*attention_dropout=0 "
-                                    r"\(now 0.1\)"),
-      (dict(scan_layers=True, attention_pattern="alternating", local_window=4),
-       "scan_layers=True and the mixed attention_pattern='alternating'"),
-      (dict(causal=False, attention_pattern="local", local_window=4),
-       "bands only causal attention")]:
+  # What the kernel cannot run is named when a call is traced (a GPU's; the CPU refusal
+  # below comes first), not silently run as written-out attention.
+  attention_lib.check_cudnn_can_run(0.0, 4, True)  # runs: causal band, no dropout
+  for args, message in [
+      ((0.1, None, True), r"has no attention dropout \(config.model.attention_dropout=0.1 in "
+                          r"training\): use config.model.attention_impl='' or 'xla'"),
+      ((0.0, 4, False), "bands only causal attention"),
+  ]:
     with pytest.raises(UserError, match=message):
-      TransformerConfig(**cudnn, **fields)
+      attention_lib.check_cudnn_can_run(*args)
+  with pytest.raises(UserError, match="band width that scanned layers .* carry as a traced"):
+    jax.jit(lambda w: attention_lib.check_cudnn_can_run(0.0, w, True))(jnp.int32(4))
   attention = SelfAttention(num_heads=2, head_dim=8, implementation="cudnn")
   with pytest.raises(UserError, match="'cudnn' needs a GPU; this run is on cpu"):
     attention.init(jax.random.key(0), jnp.zeros((1, 4, 16)))

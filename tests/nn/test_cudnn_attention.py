@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from genvis.errors import UserError
 from genvis.models import gpt
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
@@ -79,3 +80,14 @@ def test_gpt_with_cudnn_attention_matches_xla_and_is_causal():
   other = jax.jit(models["cudnn"].apply)({"params": params}, changed)
   np.testing.assert_allclose(other[:, :t + 1], logits["cudnn"][:, :t + 1], rtol=1e-6, atol=1e-6)
   assert np.abs(np.asarray(other[:, t + 1:] - logits["cudnn"][:, t + 1:])).max() > 1e-3
+
+
+def test_a_model_trained_with_attention_dropout_evaluates_with_cudnn_but_cannot_train_so():
+  small = dict(vocab_size=64, num_layers=1, d_model=128, num_heads=2, max_len=64,
+               dtype="bfloat16", attention_dropout=0.1)  # an imported GPT-2 records 0.1
+  model = gpt.GPT(gpt.GPTConfig(**gpt.config_for("tiny", **small, attention_impl="cudnn")))
+  tokens = jnp.zeros((2, 64), jnp.int32)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens)["params"])
+  assert np.isfinite(np.asarray(jax.jit(model.apply)({"params": params}, tokens))).all()
+  with pytest.raises(UserError, match="has no attention dropout"):
+    model.apply({"params": params}, tokens, train=True, rngs={"dropout": jax.random.key(1)})

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SHORT_RUN_OVERRIDES, load_test_config, short_run
+from conftest import SHORT_RUN_OVERRIDES, assert_one_line_error, load_test_config, short_run
 from genvis.data import caption_tokens, tokenizers
 from genvis.errors import UserError
 from genvis.nn import contrastive
@@ -87,9 +87,12 @@ def test_sharded_loss_equals_the_global_one_on_8_devices(run, tmp_path, monkeypa
   assert values[True]["accuracy"] == values[False]["accuracy"]
 
 
-def test_gradient_accumulation_is_refused(run):
+def test_gradient_accumulation_is_refused(tmp_path):
   # Microbatches would each compare their images with fewer captions: another objective.
-  assert "every caption of the whole batch" in run[2].task.microbatch_mismatch()
+  with pytest.raises(UserError) as excinfo:
+    Trainer(clip_config(train__grad_accum_steps=2), str(tmp_path)).compile_train_step()
+  assert_one_line_error(excinfo, "config.train.grad_accum_steps=2: the clip task's loss does "
+                                 "not split into microbatches", "every caption of the whole batch")
 
 
 def test_siglip_learns_a_bias(tmp_path):

@@ -159,14 +159,22 @@ def test_a_checkpoint_of_another_train_state_layout_is_refused_by_key(tmp_path):
 @pytest.mark.parametrize("overrides, fragment", [
     (dict(checkpoint__keep=0), "config.checkpoint.keep=0 must be >= 1"),
     (dict(checkpoint__every=-1), "config.checkpoint.every=-1 must be >= 0"),
-    (dict(train__ema_decay=0.999, model__param_dtype="bfloat16"),
-     "config.train.ema_decay=0.999 needs float32 parameters"),
 ])
-def test_bad_trainer_settings_are_named_before_anything_runs(tmp_path, overrides, fragment):
+def test_bad_checkpoint_settings_are_named_before_anything_is_written(tmp_path, overrides,
+                                                                       fragment):
   with pytest.raises(UserError) as excinfo:
     Trainer(tiny_config(**overrides, **NO_EXTRAS), str(tmp_path))
   assert_one_line_error(excinfo, fragment)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_ema_of_bf16_parameters_is_refused_for_training(tmp_path):
+  trainer = Trainer(tiny_config(train__ema_decay=0.999, model__param_dtype="bfloat16",
+                                **NO_EXTRAS), str(tmp_path))
+  with pytest.raises(UserError) as excinfo:
+    trainer.compile_train_step()
+  assert_one_line_error(excinfo, "config.train.ema_decay=0.999 needs float32 parameters, not "
+                                 "bfloat16", "config.model.param_dtype=float32")
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
