@@ -100,10 +100,19 @@ class Task(abc.ABC):
     return None
 
   def microbatch_mismatch(self) -> str:
-    """Why this task's loss on a batch is not the mean of its losses on equal microbatches
-    ("" when it is: a mean over examples, each microbatch holding as many). Gradient
-    accumulation (`config.train.grad_accum_steps` > 1) would change such a loss."""
+    """Why this task's loss on a batch is not the mean of its losses on equal microbatches,
+    even with `batch_totals` ("" when it is). Gradient accumulation
+    (`config.train.grad_accum_steps` > 1) would change such a loss, so it is refused."""
     return ""
+
+  def batch_totals(self, batch: dict) -> dict[str, jax.Array]:
+    """Counts over a whole batch that its loss divides by (real tokens, say), for a loss that
+    is not a mean over examples. Under gradient accumulation each microbatch gets them as
+    batch["total/<name>"], one value per row, divided by the number of microbatches: a
+    microbatch's loss divided by those is a share, and the shares average to the whole
+    batch's loss. {} (the default): a mean over examples, which microbatches split evenly."""
+    del batch
+    return {}
 
   def sample(self, params, rng) -> dict[str, Any]:
     """Samples to show a person (texts, image grids). Optional."""

@@ -115,7 +115,7 @@ class SupervisedFineTuningTask(Task):
         {"params": params}, batch["tokens"], batch["lengths"], train=train,
         rngs={"dropout": rng})
     weights = batch["weights"]
-    num_real = jnp.maximum(weights.sum(), 1.0)
+    num_real = _total(batch, "rows", weights.sum())
     class_ce = optax.softmax_cross_entropy_with_integer_labels(class_logits, batch["labels"])
     cls_loss = (class_ce * weights).sum() / num_real
     correct = (jnp.argmax(class_logits, axis=-1) == batch["labels"]) * weights
@@ -132,17 +132,14 @@ class SupervisedFineTuningTask(Task):
   def lm_loss(lm_logits, batch):
     """(L1, the number of tokens it averages over): mean next-token cross-entropy over the
     real tokens of real rows (position t predicts token t + 1 when t + 1 < length)."""
-    tokens, lengths = batch["tokens"], batch["lengths"]
-    targets = tokens[:, 1:]
-    mask = (jnp.arange(1, tokens.shape[1])[None, :] < lengths[:, None]) * batch["weights"][:, None]
-    ce = optax.softmax_cross_entropy_with_integer_labels(lm_logits[:, :-1], targets)
-    return (ce * mask).sum() / jnp.maximum(mask.sum(), 1.0), mask.sum()
+    mask = _lm_mask(batch)
+    ce = optax.softmax_cross_entropy_with_integer_labels(lm_logits[:, :-1], batch["tokens"][:, 1:])
+    return (ce * mask).sum() / _total(batch, "lm_tokens", mask.sum()), mask.sum()
 
-  def microbatch_mismatch(self):
-    if self.lm_loss_weight == 0:
-      return ""
-    return ("its LM loss averages over the batch's real tokens, of which texts of different "
-            "lengths give microbatches unequal shares (config.sft.lm_loss_weight=0 has none)")
+  def batch_totals(self, batch):
+    """Texts of different lengths give microbatches unequal shares of the real tokens that
+    the LM loss averages over: gradient accumulation divides by the whole batch's count."""
+    return {"rows": batch["weights"].sum(), "lm_tokens": _lm_mask(batch).sum()}
 
   def flops_per_step(self, num_params):
     per_token = gpt.flops_per_token(self.model_config, num_params, self.seq_len)
@@ -163,3 +160,16 @@ class SupervisedFineTuningTask(Task):
   def majority_baseline(self) -> tuple[str, float]:
     return self.splits.majority_baseline()
 
+
+def _lm_mask(batch):
+  """[B, T-1]: 1 where position t predicts a real token t + 1 of a real row."""
+  tokens, lengths = batch["tokens"], batch["lengths"]
+  positions = jnp.arange(1, tokens.shape[1])[None, :]
+  return (positions < lengths[:, None]) * batch["weights"][:, None]
+
+
+def _total(batch, name: str, local):
+  """What the loss divides by: this microbatch's share of the whole batch's `name` under
+  gradient accumulation (Task.batch_totals), else the count in this batch."""
+  total = batch[f"total/{name}"][0] if f"total/{name}" in batch else local
+  return jnp.where(total > 0, total, 1.0)  # a share may be below 1; nothing counted: 0 / 1

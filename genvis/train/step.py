@@ -27,8 +27,16 @@ def make_train_step(task, tx: optax.GradientTransformation, *, grad_accum_steps:
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return metrics, grads
 
+  def with_totals(batch):
+    """The batch with the task's whole-batch totals per row, as each microbatch's share."""
+    totals = task.batch_totals(batch)
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    return {**batch, **{f"total/{name}": jnp.full((rows,), value / grad_accum_steps)
+                        for name, value in totals.items()}}
+
   def accumulated(params, batch, rng):
     """Mean metrics and gradients over `grad_accum_steps` microbatches (lax.scan)."""
+    batch = with_totals(batch)
     def body(carry, micro):
       i, metric_sum, grad_sum = carry
       metrics, grads = loss_and_grads(params, micro, jax.random.fold_in(rng, i))

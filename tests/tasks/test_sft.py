@@ -126,13 +126,28 @@ def test_loss_is_cls_loss_plus_lambda_times_lm_loss(initialised):
   assert set(on) == {"loss", "cls_loss", "lm_loss", "accuracy", "weight", "weight/lm_loss"}
 
 
-def test_gradient_accumulation_is_refused_while_the_lm_loss_counts(tmp_path):
-  with pytest.raises(UserError) as excinfo:
-    Trainer(sft_config(train__grad_accum_steps=2), str(tmp_path / "on")).compile_train_step()
-  assert_one_line_error(excinfo, "config.train.grad_accum_steps=2: the sft task's loss does "
-                                 "not split into microbatches", "real tokens")
-  Trainer(sft_config(train__grad_accum_steps=2, sft__lm_loss_weight=0.0),
-          str(tmp_path / "off")).compile_train_step()  # a mean over texts alone splits
+@pytest.mark.parametrize("totals", [True, False], ids=["exact", "without_batch_totals"])
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, monkeypatch, totals):
+  if not totals:  # the check that this test can fail: plain means over microbatches
+    monkeypatch.setattr(SupervisedFineTuningTask, "batch_totals", lambda self, batch: {})
+  metrics = {}
+  for accum in (1, 4):
+    trainer = Trainer(sft_config(train__grad_accum_steps=accum, data__batch_size=8,
+                                 model__max_len=128, model__dropout=0.0,
+                                 model__attention_dropout=0.0), str(tmp_path / f"accum{accum}"))
+    state, step = trainer.restore_or_init(), trainer.compile_train_step()
+    batch = trainer.task.train_batch(0)
+    _, metrics[accum] = step(state, trainer.global_batch(batch))
+  mask = np.arange(1, batch["tokens"].shape[1])[None, :] < batch["lengths"][:, None]
+  shares = mask.sum(axis=1).reshape(2, 4).sum(axis=0)  # microbatch j: rows j and j + 4
+  assert len(set(shares.tolist())) > 1  # texts of different lengths: unequal shares
+  # The gradient's norm and the loss of the whole batch, from 1 or from 4 microbatches.
+  for name in ("grad_norm", "loss", "lm_loss", "cls_loss"):
+    one, four = float(metrics[1][name]), float(metrics[4][name])
+    if totals:  # the same to float32 rounding (it came out bit for bit)
+      assert four == pytest.approx(one, rel=1e-6), name
+    elif name != "cls_loss":  # the classification loss splits evenly by texts
+      assert abs(four - one) > 1e-5 * abs(one), (name, one, four)  # 2e-5..2e-4 seen
 
 
 def test_lm_loss_and_metrics_ignore_padding_tokens_and_rows(initialised):
