@@ -1,12 +1,27 @@
 """Shared test set-up: 8 simulated CPU devices (set before JAX starts) and tiny configs."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the session: many modules, and the runs that tests start
+# in subprocesses, compile the same tiny configs, and XLA:CPU takes seconds a compile (a tiny
+# GPT's train step 3 s). The xdist workers and every subprocess inherit the variable from the
+# process that loads this file first. The size limit is there for its file lock (the filelock
+# package): without one, a process could read an entry another is still writing.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="genvis_tests_jax_cache_")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ.update({"JAX_COMPILATION_CACHE_DIR": _cache_dir,
+                     "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30),
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"})
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

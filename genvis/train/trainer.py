@@ -81,8 +81,8 @@ class Trainer:
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
                                      async_save=config.checkpoint.async_save)
     # The eval step runs the train step's forward pass: the same compiler options suit it.
-    self.xla_options = xla_options.for_backend(config.train.xla_options,
-                                               self.mesh.devices.flat[0].platform)
+    self.platform = self.mesh.devices.flat[0].platform
+    self.xla_options = xla_options.for_backend(config.train.xla_options, self.platform)
     self._eval_step = jax.jit(make_eval_step(self.task),
                               out_shardings=mesh_lib.replicated(self.mesh),
                               compiler_options=self.xla_options or None)
@@ -184,7 +184,8 @@ class Trainer:
       return state
     init_from = self._check_init_from() if self.config.get("init_from") else None
     with self.sharding_context():
-      init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+      init = jax.jit(self._init_state, out_shardings=self.state_shardings,
+                     compiler_options=xla_options.for_init(self.platform) or None)
       state = init(jax.random.PRNGKey(self.config.seed))
     if init_from is not None:
       state = self._load_init_from(state, *init_from)

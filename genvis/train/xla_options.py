@@ -1,4 +1,5 @@
-"""XLA compiler options for the trainer's train and eval steps, from `config.train.xla_options`.
+"""XLA compiler options for the trainer's train and eval steps, from `config.train.xla_options`,
+and the fixed ones of its parameter init (`for_init`).
 
 A config names options for every backend it may run on; each compile gets those of its own
 backend (`xla_gpu_*` on GPUs, `xla_cpu_*` on CPUs, `xla_tpu_*` on TPUs) and every option
@@ -20,6 +21,19 @@ from genvis.errors import UserError
 BACKEND_PREFIXES = {"gpu": "xla_gpu_", "cpu": "xla_cpu_", "tpu": "xla_tpu_"}
 
 DEFAULT = {"xla_gpu_enable_triton_gemm": False}
+
+# The parameter init runs once, but its compile set a small model's start-up on CPU: one
+# threefry per parameter, each its own LLVM function (MAE on digits 8.5 s, tiny GPT 3.1 s).
+# LLVM's O1 takes 55-60 % of that and gives bit-identical parameters (checked for GPT-2 124M,
+# whose init then also runs as fast; tests/train/test_trainer.py checks a tiny GPT). O0 is
+# faster to compile still, but changes some parameters in the last bit and ran GPT-2 124M's
+# init 5x slower.
+INIT_ON_CPU = {"xla_backend_optimization_level": 1}
+
+
+def for_init(platform: str) -> dict:
+  """Compiler options for the trainer's parameter init on `platform`."""
+  return dict(INIT_ON_CPU) if platform == "cpu" else {}
 
 
 def for_backend(options, platform: str) -> dict:

@@ -4,6 +4,7 @@ non-finite guard, restoring onto another mesh, refusing another model's checkpoi
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +226,15 @@ def test_config_xla_options_reach_the_train_and_eval_compiles_on_their_backend_o
   with pytest.raises(UserError) as excinfo:
     trainer.evaluate(state.params)
   assert_one_line_error(excinfo, "config.train.xla_options", f"{own}no_such_option")
+
+
+def test_the_init_compiled_for_start_up_speed_gives_the_default_compiles_parameters(tmp_path):
+  trainer = Trainer(tiny_config(**NO_EXTRAS), str(tmp_path))
+  options = xla_options.for_init(trainer.platform)
+  assert options, "no start-up options on this backend: nothing to compare"
+  with trainer.sharding_context():
+    init = jax.jit(trainer._init_state, out_shardings=trainer.state_shardings)  # pylint: disable=protected-access
+    lowered = init.lower(jax.random.PRNGKey(0))
+    default = lowered.compile()(jax.random.PRNGKey(0))
+  ours = trainer.restore_or_init()
+  chex.assert_trees_all_equal(ours, default)  # bit for bit
