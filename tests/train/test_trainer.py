@@ -228,7 +228,8 @@ def test_config_xla_options_reach_the_train_and_eval_compiles_on_their_backend_o
   assert_one_line_error(excinfo, "config.train.xla_options", f"{own}no_such_option")
 
 
-def test_the_init_compiled_for_start_up_speed_gives_the_default_compiles_parameters(tmp_path):
+def test_the_init_compiled_at_o1_on_cpu_gives_the_default_compiles_parameters_bit_for_bit(
+    tmp_path):
   trainer = Trainer(tiny_config(**NO_EXTRAS), str(tmp_path))
   options = xla_options.for_init(trainer.platform)
   assert options, "no start-up options on this backend: nothing to compare"
