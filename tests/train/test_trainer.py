@@ -233,9 +233,9 @@ def test_the_init_compiled_at_o1_on_cpu_gives_the_default_compiles_parameters_bi
   trainer = Trainer(tiny_config(**NO_EXTRAS), str(tmp_path))
   options = xla_options.for_init(trainer.platform)
   assert options, "no start-up options on this backend: nothing to compare"
+  rng = jax.random.PRNGKey(trainer.config.seed)  # the key restore_or_init starts from
   with trainer.sharding_context():
     init = jax.jit(trainer._init_state, out_shardings=trainer.state_shardings)  # pylint: disable=protected-access
-    lowered = init.lower(jax.random.PRNGKey(0))
-    default = lowered.compile()(jax.random.PRNGKey(0))
+    default = init.lower(rng).compile()(rng)
   ours = trainer.restore_or_init()
   chex.assert_trees_all_equal(ours, default)  # bit for bit
