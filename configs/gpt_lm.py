@@ -32,6 +32,7 @@ def get_config(arg=None):
       path="",
       tfds_name="tiny_shakespeare",
       tfds_data_dir="",
+      tfds_text_key="text",  # the dataset's string feature ("sentence" in glue/sst2)
       tfds_train_split="train",
       tfds_val_split="validation",
       tfds_max_examples=0,  # 0: all

@@ -2,8 +2,8 @@
 
 A writer writes to a temporary name next to the target, and only a complete file is renamed
 over it (`os.replace` is atomic on POSIX): a crash or a full disk leaves the old file, never
-half a new one. Used for everything a run reads back (tokenizer, metrics, config, exported
-weights).
+half a new one. Used for everything a run reads back (tokenizer, config, exported weights,
+and metrics.jsonl when a resume cuts it back; steps append their lines to it).
 """
 
 import contextlib

@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
       b1=0.9,
       b2=0.95,
       eps=1e-8,
-      weight_decay=0.1,  # on >= 2-D arrays only
+      weight_decay=0.1,  # on kernels and embeddings, by name (genvis/train/optimizer.py)
       clip_norm=1.0,  # 0: no clipping
       layer_decay=1.0,  # < 1: layer-wise lr decay (fine-tuning), the head at the full rate
   )
@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=2,  # per prompt
       prompt="",  # "\n" in it stands for a newline
       prompt_file="",  # one prompt per line (blank lines skipped); used instead of prompt
-      max_new_tokens=0,  # 0: fill the model's context (and one token sampled from its end)
+      max_new_tokens=0,  # 0: fill the trained context (and one token sampled from its end)
       temperature=0.8,  # 0: greedy
       top_k=0,  # 0: off
       top_p=1.0,  # nucleus sampling; 1: off

@@ -98,6 +98,7 @@ def test_prompt_longer_than_the_context_is_named(trained_workdir):
   workdir, _ = trained_workdir
   line = one_line_error(run_main(workdir, "--mode=sample", train__steps=6,
                                  sample__prompt="x" * 40))
+  assert "config.sample.prompt: " in line
   assert "longer than the model's context (model.max_len=16)" in line
 
 

@@ -99,7 +99,7 @@ FAMILIES = {
         token_embedding="tokens_embed", position_embedding="positions_embed",
         norm_position="post", final_norm=False, activation_key="afn", default_activation="gelu",
         activations={"gelu": "gelu_tanh"}, export_activations={"gelu_tanh": "gelu"},
-        mlp_dim_key=None),
+        mlp_dim_key=None, implied_fields={"scale_residual_init": False}),
     "imagegpt": Family(
         name="imagegpt", model_type="imagegpt", architecture="ImageGPTForCausalImageModeling",
         token_embedding="wte", position_embedding="wpe", norm_position="pre", final_norm=True,

@@ -5,7 +5,8 @@
   so the default configs run offline on any machine;
 - "file": any UTF-8 text file, `config.data.path`;
 - "tfds": a tfds text dataset (`tiny_shakespeare`, `lm1b`, ...), already prepared in
-  `config.data.tfds_data_dir`; nothing is downloaded;
+  `config.data.tfds_data_dir`, its string feature `config.data.tfds_text_key`; nothing is
+  downloaded;
 - "icl": synthetic in-context-learning episodes (genvis/data/icl_corpus.py), generated from
   `config.data.icl_seed`, for the few-shot evaluation of genvis/eval.
 
@@ -54,8 +55,10 @@ def load_text_splits(data_config) -> tuple[str, str]:
     return split_by_position(read_text_file(data_config.path), data_config.val_fraction)
   if source == "tfds":
     from genvis.data.tfds_text import load_tfds_text  # pylint: disable=import-outside-toplevel
+    # .get: the config.json of a run from before tfds_text_key existed lacks it.
     load = lambda split: load_tfds_text(
         data_config.tfds_name, split, data_dir=data_config.tfds_data_dir or None,
+        text_key=data_config.get("tfds_text_key", "text"),
         max_examples=data_config.tfds_max_examples or None)
     return load(data_config.tfds_train_split), load(data_config.tfds_val_split)
   if source == "icl":

@@ -147,12 +147,12 @@ def _text_key(builder, name, text_key):
   if key not in features:
     raise UserError(
         f'tfds dataset {name!r} has no feature {key!r}; available features: '
-        f'{", ".join(sorted(features.keys()))} (set text_key to one of them)'
+        f'{", ".join(sorted(features.keys()))} (set config.data.tfds_text_key to one of them)'
     )
   feature = features[key]
   if feature.shape != () or np.dtype(feature.np_dtype) != np.object_:
     raise UserError(
         f'feature {key!r} of tfds dataset {name!r} is not a scalar string but a '
-        f'{type(feature).__name__} (set text_key to a Text feature)'
+        f'{type(feature).__name__} (set config.data.tfds_text_key to a Text feature)'
     )
   return key

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -26,6 +27,19 @@ from genvis.errors import UserError
 log = logging.getLogger(__name__)
 
 FILENAME = "tokenizer.json"
+
+# BPE encodes and trains on long text in chunks of about this many characters: one call on a
+# multi-megabyte string is slow and memory-hungry, and the chunks run in parallel.
+CHUNK_CHARS = 1 << 16
+
+# Where a chunk may end: after a non-whitespace character that ASCII whitespace follows. No
+# pre-token of GPT-2's byte-level regex ('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
+# ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+) holds a non-whitespace character followed by a
+# whitespace one, and special tokens hold no whitespace, so a cut there leaves every
+# pre-token, and so the ids, as encoding the whole text gives them; whitespace runs ("\n\n",
+# "\n    ") stay whole, as GPT-2 merges them. ASCII whitespace only: Python's \s also matches
+# characters (\x1c-\x1f) that the tokenizer's regex may count as punctuation.
+_CUT = re.compile(r"\S[ \t\n\r\f\v]")
 
 
 class CharTokenizer:
@@ -85,8 +99,10 @@ class BPETokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    # Train on lines so the trainer sees many short sequences rather than one huge one.
-    tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    # Chunks cut where encoding cuts them: the trainer counts the pre-tokens of the whole
+    # text (so merges across newlines, "\n\n", are learned as GPT-2 learned them), in many
+    # sequences rather than one huge one.
+    tokenizer.train_from_iterator(chunks(text), trainer=trainer)
     return cls(tokenizer)
 
   @property
@@ -94,9 +110,9 @@ class BPETokenizer:
     return self._tokenizer.get_vocab_size()
 
   def encode(self, text: str) -> np.ndarray:
-    # Encode in chunks of lines: one call on a multi-megabyte string is slow and memory-hungry.
-    lines = text.splitlines(keepends=True) or [""]
-    encodings = self._tokenizer.encode_batch(lines)
+    """The ids of the whole `text`, as one `tokenizers` call on it gives them (encoded in
+    chunks, see CHUNK_CHARS)."""
+    encodings = self._tokenizer.encode_batch(chunks(text))
     return np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32)
 
   def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -117,7 +133,10 @@ class BPETokenizer:
     return token_id
 
   def decode(self, ids) -> str:
-    return self._tokenizer.decode([int(i) for i in ids])
+    """The text of `ids`, special tokens included: encode turned "<|endoftext|>" into its id,
+    and a sample must show where one document ended (callers that want them gone drop their
+    ids, as the caption tokenizer does)."""
+    return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
   def save(self, path: str):
     self._tokenizer.save(path)
@@ -126,6 +145,21 @@ class BPETokenizer:
   def fingerprint(self) -> str:
     vocab = self._tokenizer.get_vocab(with_added_tokens=True)
     return _fingerprint(self.kind, sorted((i, token) for token, i in vocab.items()))
+
+
+def chunks(text: str, chunk_chars: int | None = None) -> list[str]:
+  """`text` cut into pieces of at least `chunk_chars` (default CHUNK_CHARS) characters, the
+  last aside, each cut at a word's end (see _CUT); text without one stays whole."""
+  chunk_chars = chunk_chars or CHUNK_CHARS
+  pieces, start = [], 0
+  while len(text) - start > chunk_chars:
+    cut = _CUT.search(text, start + chunk_chars - 1)
+    if cut is None:
+      break
+    pieces.append(text[start:cut.start() + 1])
+    start = cut.start() + 1
+  pieces.append(text[start:])
+  return pieces
 
 
 def _fingerprint(kind: str, ids_and_tokens: list[tuple[int, str]]) -> str:

@@ -271,7 +271,8 @@ def check_common(sde: SDE, shape, num_steps, eps, min_steps: int, num_snapshots:
   if _concrete(eps) is not None and not 0 < _concrete(eps) < sde.T:
     raise UserError(f"eps={eps}: the smallest sampling time must be in (0, T={sde.T})")
   if num_snapshots and num_snapshots < 2:
-    raise UserError(f"num_snapshots={num_snapshots}: 0 (no trajectory) or >= 2 (x_T ... x_0)")
+    raise UserError(f"num_snapshots={num_snapshots} (config.sample.num_snapshots): 0 (no "
+                    "trajectory) or >= 2 (x_T ... x_0)")
   return shape, num_steps, eps
 
 

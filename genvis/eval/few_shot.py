@@ -7,8 +7,9 @@ Loads the run's config and newest parameters (genvis/train/pretrained.py), evalu
 task at every k (free-form tasks by greedy exact match, multiple-choice tasks by the
 likelihood of each choice), prints a task x k accuracy table, and writes
 workdir/few_shot.json and workdir/few_shot.png (accuracy against k). A k whose prompts do not
-fit the model's context, or needs more demonstrations than a file holds, is skipped and says
-so. Single process: the model is small enough to score on one host.
+fit the context the model was trained on (config.data.seq_len, at most model.max_len), or
+needs more demonstrations than a file holds, is skipped and says so. Single process: the
+model is small enough to score on one host.
 """
 
 import json
@@ -35,8 +36,11 @@ def _encode(tokenizer, text: str, task_name: str):
 
 def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: int = 0,
                   fmt=prompts_lib.PromptFormat(), normalize: str = "none",
-                  batch_size: int = 32) -> dict:
-  """Accuracy of `task` at every k in `shots`, with a few logged predictions."""
+                  batch_size: int = 32, context: str = "") -> dict:
+  """Accuracy of `task` at every k in `shots`, with a few logged predictions. Prompts and
+  completions must fit `max_len` tokens, the context the model was trained on; `context`
+  names what sets it (default "model.max_len=<max_len>")."""
+  context = context or f"model.max_len={max_len}"
   multiple_choice = task.multiple_choice
   result = {"scoring": "multiple_choice" if multiple_choice else "exact_match",
             "num_examples": len(task.queries), "accuracy": {}, "skipped": {}, "examples": []}
@@ -55,7 +59,7 @@ def evaluate_task(model, params, tokenizer, task, shots, *, max_len: int, seed: 
     # never an input).
     needed = longest_prompt + longest_completion - 1
     if needed > max_len:
-      result["skipped"][str(k)] = f"prompts need {needed} tokens > model.max_len={max_len}"
+      result["skipped"][str(k)] = f"prompts need {needed} tokens > {max_len} ({context})"
       continue
     common = dict(delimiter=fmt.example_sep, answer_prefix=fmt.answer_prefix, max_len=max_len,
                   batch_size=batch_size)
@@ -156,8 +160,8 @@ def run_few_shot(workdir: str, task_specs: list[str], shots: list[int], *,
     for task in tasks:
       results["tasks"][task.name] = evaluate_task(
           trainer.task.model, params, trainer.task.tokenizer, task, shots,
-          max_len=trainer.task.model_config.max_len, seed=seed, fmt=fmt, normalize=normalize,
-          batch_size=batch_size)
+          max_len=trainer.task.seq_len, context=trainer.task.context_name, seed=seed, fmt=fmt,
+          normalize=normalize, batch_size=batch_size)
   results["mean_accuracy"] = mean_accuracy(results["tasks"], shots)
   with open(os.path.join(workdir, f"{output}.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)

@@ -7,7 +7,8 @@ highest-scoring choice is the model's answer. Scoring the delimiter too is what 
 from "abc" when one choice is a prefix of another.
 
 Free-form: greedy decoding from the prompt until the delimiter; the answer is correct when the
-text before the delimiter equals the expected answer, both stripped of surrounding spaces.
+text before the delimiter (or a BPE end-of-text token) equals the expected answer, both
+stripped of surrounding spaces.
 
 The whitespace between a prompt and its answer (`answer_prefix`, prompts.py) starts each
 completion, as in GPT-3, except with a character tokenizer (`place_answer_prefix`).
@@ -184,4 +185,7 @@ def exact_match_predictions(model, params, tokenizer, prompts: list[str], answer
                                        max_len=max_len, stop_token=stop_token,
                                        batch_size=batch_size, bucket=bucket)
   texts = [tokenizer.decode(c) for c in continuations]
+  # A document end ends the answer too (decoding keeps special tokens).
+  end_of_text = getattr(tokenizer, "END_OF_TEXT", "")
+  texts = [t.split(end_of_text)[0] if end_of_text else t for t in texts]
   return [(t.split(delimiter)[0] if delimiter else t).strip() for t in texts]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from genvis.errors import UserError
+from genvis.nn import float32_logits
 from genvis.nn import partitioning as P
 from genvis.nn.dropout import Dropout
 from genvis.nn.token_embedding import TokenEmbed
@@ -69,8 +70,9 @@ VARIANTS = {
                  use_bias=False),
     "small": dict(num_layers=6, d_model=384, num_heads=6, max_len=256, vocab_size=0,
                   use_bias=False),
+    # Radford et al. 2018, section 4.1: N(0, 0.02) for every weight, residual ones too.
     "gpt1": dict(num_layers=12, d_model=768, num_heads=12, max_len=512, vocab_size=40478,
-                 norm_position="post", final_norm=False),
+                 norm_position="post", final_norm=False, scale_residual_init=False),
     "gpt2": dict(num_layers=12, d_model=768, num_heads=12, **_GPT2),
     "gpt2-medium": dict(num_layers=24, d_model=1024, num_heads=16, **_GPT2),
     "gpt2-large": dict(num_layers=36, d_model=1280, num_heads=20, **_GPT2),
@@ -143,7 +145,8 @@ class GPT(nn.Module):
                    else nn.initializers.normal(cfg.init_std))
       logits = nn.Dense(cfg.num_outputs, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                         kernel_init=P.param_init(head_init, (P.EMBED, P.VOCAB)),
-                        name="head")(x)
+                        dot_general=float32_logits.dot_general, name="head")(x)
+    # Both heads give float32 logits that were never rounded to the compute dtype.
     logits = P.constrain(logits.astype(jnp.float32), (P.BATCH, P.LENGTH, P.VOCAB))
     return (logits, x) if return_hidden else logits
 

@@ -176,8 +176,8 @@ def _group_norm_widths(cfg: UNetConfig) -> set[int]:
 
 # Named sizes (parameter counts in tests/models/test_unet.py). "cpu" is sized for the 8x8
 # digits on a CPU (0.68M parameters). The others are CIFAR-10 models: the original DDPM (Ho
-# et al.'s TF U-Net, 35.7M, with attention after every up block; score_sde's port,
-# configs/vp/ddpm/cifar10.py, attends once per level) and score_sde's DDPM++ cont.
+# et al.'s TF U-Net, 35.7M, with attention after every up block, initialised as score_sde's
+# port, configs/vp/ddpm/cifar10.py, which attends once per level) and score_sde's DDPM++ cont.
 # (configs/vp/cifar10_ddpmpp_continuous.py, 61.8M; "deep": the 8-block
 # configs/subvp/cifar10_ddpmpp_deep_continuous.py, 106.6M).
 VARIANTS = {
@@ -273,7 +273,8 @@ class ResBlock(nn.Module):
     h = Dropout(cfg.dropout)(h, deterministic=not train)
     h = _conv(cfg, self.out_width, init_scale=cfg.init_scale, name="conv_1")(h)
     if in_width != self.out_width or self.resample != "none":
-      # DDPM's 1x1 "network in network" is initialised at scale 0.1, BigGAN's 1x1 conv at 1.
+      # score_sde's DDPM port initialises its 1x1 "network in network" at scale 0.1 (Ho et
+      # al.'s TF code at 1.0), BigGAN's 1x1 conv at 1.
       x = _dense(cfg, self.out_width, init_scale=0.1 if cfg.resblock == "ddpm" else 1.0,
                  name="shortcut")(x)
     return P.constrain(_residual_sum(cfg, x, h), (P.BATCH, None, None, P.EMBED))
@@ -289,7 +290,7 @@ class AttentionBlock(nn.Module):
     cfg = self.config
     b, height, width, c = x.shape
     h = _group_norm(cfg, c, name="norm")(x)
-    # [B, H*W, 1 head, C]: q, k, v are 1x1 projections (DDPM's NIN layers, scale 0.1).
+    # [B, H*W, 1 head, C]: q, k, v are 1x1 projections (score_sde's NIN layers, scale 0.1).
     q, k, v = (_dense(cfg, c, init_scale=0.1, name=name)(h).reshape(b, height * width, 1, c)
                for name in ("query", "key", "value"))
     h = jax.nn.dot_product_attention(q, k, v).reshape(b, height, width, c)

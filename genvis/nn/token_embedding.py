@@ -8,12 +8,16 @@ the whole step went from 61.0 to 40.2 ms once the rows were gathered from the fl
 first (the scatter is then float32). Written instead as one_hot(ids)^T @ grad, the gradient
 made the step 44.9 ms: slower than the float32 scatter.
 
-`TokenEmbed` is `nn.Embed` with that order: same parameter ("embedding"), same `attend` for
-tied output heads, so checkpoints and converters are unchanged.
+`TokenEmbed` is `nn.Embed` with that order and the same parameter ("embedding"), so
+checkpoints and converters are unchanged. Its `attend` (a tied output head) returns float32
+logits under low-precision compute without rounding them to that precision first
+(genvis/nn/float32_logits.py).
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from genvis.nn import float32_logits
 
 
 class TokenEmbed(nn.Embed):
@@ -24,3 +28,10 @@ class TokenEmbed(nn.Embed):
       raise ValueError(f"token ids must be integers, got {inputs.dtype}")
     rows = jnp.take(self.embedding, inputs, axis=0)
     return rows.astype(self.dtype or self.embedding.dtype)
+
+  def attend(self, query):
+    """Logits [..., vocab] in float32: the inner products of `query` with every row."""
+    query, embedding = self.promote_dtype(query, self.embedding, dtype=self.dtype)
+    if query.dtype == jnp.float32:
+      return jnp.dot(query, embedding.T)
+    return float32_logits.dot_general(query, embedding, (((query.ndim - 1,), (1,)), ((), ())))

@@ -54,6 +54,8 @@ class TransformerConfig:
   # "": JAX's choice (written-out XLA attention on CPUs); "xla"; "cudnn" (fused flash, GPUs)
   attention_impl: str = ""
   init_std: float = 0.02
+  # GPT-2's residual-projection init, init_std / sqrt(2 * num_layers); GPT-1 used init_std.
+  scale_residual_init: bool = True
   scan_layers: bool = False
   remat: str = "none"  # "none", "full" or "dots"
   dtype: str = "float32"  # compute dtype
@@ -108,6 +110,8 @@ class TransformerConfig:
   @property
   def residual_std(self) -> float:
     # GPT-2: residual projections scaled by 1/sqrt(N) with N = 2 residual adds per layer.
+    if not self.scale_residual_init:
+      return self.init_std
     return self.init_std / math.sqrt(2 * self.num_layers)
 
 

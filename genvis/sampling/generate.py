@@ -24,24 +24,27 @@ import numpy as np
 from genvis.errors import UserError
 
 
-def check_length(prompt_len: int, max_new_tokens: int, max_len: int):
+def check_length(prompt_len: int, max_new_tokens: int, max_len: int, context: str = ""):
   """Prompt plus generated tokens, less the last one (sampled, never fed back), must fit the
-  model's context."""
+  model's context of `max_len` tokens; `context` names what sets it (default
+  "model.max_len=<max_len>")."""
+  context = context or f"model.max_len={max_len}"
   if prompt_len > max_len:  # first: max_new_tokens=0 ("fill the context") derives from it
     raise UserError(f"the prompt has {prompt_len} tokens, longer than the model's context "
-                    f"(model.max_len={max_len})")
+                    f"({context})")
   if max_new_tokens < 1:
-    raise UserError(f"sample.max_new_tokens={max_new_tokens}: generate at least one token")
+    raise UserError(f"config.sample.max_new_tokens={max_new_tokens}: generate at least one "
+                    "token")
   if prompt_len + max_new_tokens - 1 > max_len:
-    raise UserError(f"a prompt of {prompt_len} tokens + sample.max_new_tokens="
-                    f"{max_new_tokens} exceeds the model's context (model.max_len={max_len}; "
-                    "the model reads every token but the last)")
+    raise UserError(f"a prompt of {prompt_len} tokens + config.sample.max_new_tokens="
+                    f"{max_new_tokens} exceeds the model's context ({context}; the model "
+                    "reads every token but the last)")
 
 
 def check_top_p(top_p: float):
   if not 0.0 < top_p <= 1.0:
-    raise UserError(f"sample.top_p={top_p} must be in (0, 1] (1 switches nucleus sampling "
-                    "off)")
+    raise UserError(f"config.sample.top_p={top_p} must be in (0, 1] (1 switches nucleus "
+                    "sampling off)")
 
 
 def filter_logits(logits, temperature, top_k, top_p):

@@ -4,6 +4,8 @@
 samples per prompt, and the decoding settings. All prompts go through one `generate` call as
 one batch, whatever their lengths. A stop string is cut on the decoded text (it may span
 tokens); when it is a single token the loop also ends early once every row has produced it.
+A task checks these settings when it is built (`checked_prompts`), so a mistake in them fails
+before training, not at the sample after it.
 """
 
 import os
@@ -34,6 +36,32 @@ def read_prompts(sample_config) -> list[str]:
   return prompts
 
 
+def checked_prompts(sample_config, encode, tokenizer, *, max_len: int, context: str = ""
+                    ) -> tuple[list[str], list[np.ndarray]]:
+  """`sample_config`'s prompts (read_prompts) and their ids (each encoded by `encode`), with
+  the settings `complete` will use checked against a context of `max_len` tokens (`context`
+  names what sets it, see generate.check_length). Errors name the config key."""
+  generate.check_top_p(sample_config.top_p)
+  key = "config.sample.prompt_file" if sample_config.prompt_file else "config.sample.prompt"
+  prompts = read_prompts(sample_config)
+  try:
+    prompt_ids = [encode(prompt) for prompt in prompts]
+  except UserError as e:
+    raise UserError(f"{key}: {e}") from None
+  if sample_config.stop:
+    try:
+      tokenizer.encode(unescape(sample_config.stop))
+    except UserError as e:
+      raise UserError(f"config.sample.stop={sample_config.stop!r}: {e}") from None
+  longest = max(len(ids) for ids in prompt_ids)
+  try:
+    generate.check_length(longest, sample_config.max_new_tokens or max_len - longest + 1,
+                          max_len, context)
+  except UserError as e:
+    raise UserError(f"{key}: {e}") from None
+  return prompts, prompt_ids
+
+
 def pad_prompts(prompt_ids: list[np.ndarray], length: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
   """Right-padded [rows, length] ids (default length: the longest) and each row's length."""
@@ -49,17 +77,18 @@ def cut_at_stop(text: str, stop: str) -> str:
 
 
 def complete(model, params, tokenizer, prompt_ids: list[np.ndarray], rng, *, max_len: int,
-             max_new_tokens: int = 0, temperature=0.0, top_k=0, top_p=1.0, stop: str = ""
-             ) -> list[str]:
+             max_new_tokens: int = 0, temperature=0.0, top_k=0, top_p=1.0, stop: str = "",
+             context: str = "") -> list[str]:
   """The decoded continuation of each prompt (prompt excluded), cut at `stop`.
 
-  max_new_tokens=0 fills the context after the longest prompt (and samples one more token
-  from the last position).
+  max_len is the context sampling may fill (`context` names what sets it, for errors);
+  max_new_tokens=0 fills it after the longest prompt (and samples one more token from the
+  last position).
   """
   generate.check_top_p(top_p)
   padded, lengths = pad_prompts(prompt_ids)
   max_new_tokens = max_new_tokens or max_len - padded.shape[1] + 1
-  generate.check_length(padded.shape[1], max_new_tokens, max_len)
+  generate.check_length(padded.shape[1], max_new_tokens, max_len, context)
   stop_ids = tokenizer.encode(stop) if stop else []
   tokens = generate.generate(
       model, params, jnp.asarray(padded), rng, max_new_tokens=max_new_tokens,

@@ -114,6 +114,12 @@ class Task(abc.ABC):
     del batch
     return {}
 
+  def held_out_means(self, means: dict[str, float]) -> dict[str, float]:
+    """The held-out metrics from the trainer's means over batches (each weighted by its
+    `weight` or `weight/<name>`), for a metric that is not itself such a mean: one combining
+    metrics averaged over different things, say. The default: the means unchanged."""
+    return means
+
   def sample(self, params, rng) -> dict[str, Any]:
     """Samples to show a person (texts, image grids). Optional."""
     return {}

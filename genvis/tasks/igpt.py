@@ -57,6 +57,8 @@ class ImageGPTTask(Task):
 
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
+    if config.sample.num_samples > 0:  # fails here, not at the sample after training
+      generate.check_top_p(config.sample.top_p)
     data = config.data
     self.train_set, self.test_set = image_sources.load_train_test(data)
     self.image_shape = self.train_set.images.shape[1:]
@@ -190,7 +192,6 @@ class ImageGPTTask(Task):
     """Images [B, H, W, C] that start with `given_tokens` [B, k] (k may be 0: unconditional)
     and continue with sampled pixels."""
     cfg = self.config.sample
-    generate.check_top_p(cfg.top_p)
     prompt = np.concatenate([np.full((len(given_tokens), 1), self.start_token, np.int32),
                              given_tokens], axis=1)
     new = self.num_pixels - given_tokens.shape[1]
@@ -256,6 +257,8 @@ def load_or_fit_palette(data, train_images: np.ndarray, workdir: str | None, *, 
     raise UserError(f"config.data.palette={kind!r}: expected one of {', '.join(PALETTE_KINDS)}")
   if size < 2:
     raise UserError(f"config.data.palette_size={size}: expected at least 2 colours")
+  if data.palette_iters < 0:
+    raise UserError(f"config.data.palette_iters={data.palette_iters}: expected >= 0")
   if kind == "grey" and channels != 1:
     raise UserError(f"config.data.palette='grey' needs grey images; config.data gives "
                     f"{channels} channels (set config.data.channels=1 or palette='kmeans')")
@@ -284,6 +287,10 @@ def _new_palette(data, train_images: np.ndarray, seed: int) -> np.ndarray:
     pick = np.random.default_rng(seed).choice(len(pixels), data.palette_fit_pixels,
                                               replace=False)
     pixels = pixels[np.sort(pick)]
+  if size > len(pixels):  # named here: fit_palette's own message knows no config keys
+    raise UserError(f"config.data.palette_size={size}: more colours than the {len(pixels)} "
+                    "training pixels the palette is fitted to (config.data."
+                    "palette_fit_pixels, or the training images)")
   log.info("fitting a %d-colour palette to %d pixels", size, len(pixels))
   return palette_lib.fit_palette(pixels, size, seed=seed, iters=data.palette_iters)
 

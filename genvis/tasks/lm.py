@@ -38,6 +38,12 @@ class LanguageModelTask(Task):
     if self.seq_len > self.model_config.max_len:
       raise UserError(f"config.data.seq_len={self.seq_len} > model.max_len="
                       f"{self.model_config.max_len}")
+    # Sampling and in-context evaluation keep to seq_len, the positions training filled: with
+    # windows shorter than model.max_len the later position embeddings were never trained.
+    self.context_name = (f"config.data.seq_len={self.seq_len}"
+                         if self.seq_len < self.model_config.max_len
+                         else f"model.max_len={self.model_config.max_len}")
+    self.prompts, self.prompt_ids = self._checked_prompts()
     self.train_windows = batching.TokenWindows(
         self.tokenizer.encode(train_text), self.seq_len, config.data.batch_size,
         seed=config.seed, name="the training split")
@@ -90,17 +96,25 @@ class LanguageModelTask(Task):
       raise UserError(f"the prompt {prompt!r} encodes to no tokens")
     return ids
 
+  def _checked_prompts(self) -> tuple[list[str], list[np.ndarray]]:
+    """`config.sample`'s prompts and their ids, its settings checked now: a mistake fails
+    before training, not at the sample after it."""
+    if self.config.sample.num_samples == 0:
+      return [], []
+    return text.checked_prompts(self.config.sample, self.encode_prompt, self.tokenizer,
+                                max_len=self.seq_len, context=self.context_name)
+
   def sample(self, params, rng):
     """`sample.num_samples` continuations of each prompt, as prompt + continuation."""
     cfg = self.config.sample
     if cfg.num_samples == 0:
       return {}
-    prompts = [p for p in text.read_prompts(cfg) for _ in range(cfg.num_samples)]
+    prompts = [p for p in self.prompts for _ in range(cfg.num_samples)]
+    prompt_ids = [ids for ids in self.prompt_ids for _ in range(cfg.num_samples)]
     continuations = text.complete(
-        self.model, params, self.tokenizer, [self.encode_prompt(p) for p in prompts], rng,
-        max_len=self.model_config.max_len, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        stop=text.unescape(cfg.stop))
+        self.model, params, self.tokenizer, prompt_ids, rng, max_len=self.seq_len,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+        top_p=cfg.top_p, stop=text.unescape(cfg.stop), context=self.context_name)
     return {"texts": [p + c for p, c in zip(prompts, continuations)]}
 
 

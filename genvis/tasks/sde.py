@@ -142,6 +142,10 @@ class ScoreSDETask(Task):
     if not 0 < sde_config.eps < self.sde.T:
       raise UserError(f"config.sde.eps={sde_config.eps}: the smallest training time must be "
                       f"in (0, T={self.sde.T})")
+    if config.eval.bpd_examples > 0 and config.eval.bpd_batch < 1:
+      raise UserError(f"config.eval.bpd_batch={config.eval.bpd_batch}: the likelihood "
+                      "evaluator needs >= 1 example per ODE solve (or config.eval."
+                      "bpd_examples=0 to turn it off)")
     self.weighting = WEIGHTINGS[sde_config.weighting]
     self.reduce = "mean" if sde_config.reduce_mean else "sum"
     self.eps = float(sde_config.eps)

@@ -18,7 +18,8 @@ workdir. Without `init_from` the same model trains from scratch.
 
 Evaluation covers every held-out example once (`config.eval.num_batches` < 0, the gpt_sft
 default; > 0 caps the batches): the last batch is padded with rows of weight 0 and each
-batch reports its `weight`, by which the trainer averages batches.
+batch reports its `weight` (real texts; `weight/lm_loss`: real tokens), by which the trainer
+averages batches. The held-out `loss` is then val_cls_loss + λ·val_lm_loss of those means.
 """
 
 import dataclasses
@@ -127,6 +128,13 @@ class SupervisedFineTuningTask(Task):
       metrics["weight"] = weights.sum()
       metrics["weight/lm_loss"] = lm_tokens
     return loss, metrics
+
+  def held_out_means(self, means):
+    """L2 is a mean over texts and L1 over tokens, so a batch's L2 + λ·L1, averaged by texts,
+    is not L2 + λ·L1 of the held-out set when batches differ in tokens per text."""
+    if self.lm_loss_weight > 0:
+      means = {**means, "loss": means["cls_loss"] + self.lm_loss_weight * means["lm_loss"]}
+    return means
 
   @staticmethod
   def lm_loss(lm_logits, batch):

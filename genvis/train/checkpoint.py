@@ -6,7 +6,10 @@
   short by a crash is never listed as a checkpoint.
 - On restore the newest checkpoint is tried first; if it cannot be read (corrupt files), a
   warning is logged, it is moved aside to `corrupt-<step>` (`-2`, ... if taken; never
-  deleted) once an older one has restored, and the next older one is used.
+  deleted) once an older one has restored, and the next older one is used. With several
+  processes this assumes that they all fail on the same checkpoint, as they do when its
+  metadata or a file every process reads is damaged. A file only some processes read is not
+  handled: those processes would leave Orbax's collective restore early and fall back alone.
 - Restoring takes the target's shardings, so a checkpoint written on one mesh restores onto
   another.
 - Each checkpoint stores the task's metadata (model config, tokenizer) as JSON next to the

@@ -5,10 +5,13 @@ imports TensorFlow.
 """
 
 import json
+import logging
 import os
 
 from genvis import atomic_files
 from genvis.train.event_file import EventFileWriter
+
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
@@ -27,6 +30,8 @@ class MetricWriter:
     return os.path.join(self.workdir, "metrics.jsonl")
 
   def write(self, step: int, metrics: dict):
+    """Appends one line (a resume's `drop_after` rewrites the file whole, through
+    atomic_files, dropping any line a crash cut short)."""
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in metrics.items()}
@@ -47,11 +52,22 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """The records of workdir/metrics.jsonl. A line that is not JSON (an append cut short by a
+  crash or a full disk) is skipped with a warning: a resume rewrites the file without it."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        log.warning("%s line %d is not a JSON record (a write cut short?); skipped",
+                    path, number)
+  return records
 
 
 def plot_loss_curve(workdir: str, filename: str = "loss.png") -> str | None:

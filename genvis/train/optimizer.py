@@ -83,12 +83,34 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
+def check_adamw(cfg):
+  """Settings under which AdamW's update could be non-finite from finite gradients, which the
+  train step's finiteness check (on the loss and gradient) would let through into the state
+  and its checkpoints: eps = 0 divides 0 by 0 for a parameter that has had no gradient yet
+  (an embedding row no batch has used), b1 or b2 = 1 zero the bias corrections' divisors."""
+  def bad(key, value, requirement):
+    raise UserError(f"config.optim.{key}={value} must be {requirement}")
+  if not (np.isfinite(cfg.lr) and cfg.lr > 0):
+    bad("lr", cfg.lr, "> 0")
+  if cfg.decay != "constant" and not (np.isfinite(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr):
+    bad("min_lr", cfg.min_lr, f">= 0 and <= optim.lr={cfg.lr} (the decay ends at it)")
+  if not (np.isfinite(cfg.eps) and cfg.eps > 0):
+    bad("eps", cfg.eps, "> 0 (Adam divides by sqrt(v) + eps)")
+  for key in ("b1", "b2"):
+    if not 0 <= cfg[key] < 1:
+      bad(key, cfg[key], "in [0, 1)")
+  for key in ("weight_decay", "clip_norm"):
+    if not (np.isfinite(cfg[key]) and cfg[key] >= 0):
+      bad(key, cfg[key], ">= 0")
+
+
 def make_optimizer(optim_config, total_steps: int, lr_layers=None) -> optax.GradientTransformation:
   """The optimizer `optim_config` describes; `lr_layers` is the task's (layer_of, deepest)
   for layer-wise decay (`Task.lr_layers`)."""
   cfg = optim_config
   if cfg.name != "adamw":
     raise UserError(f"config.optim.name={cfg.name!r}: only 'adamw' is implemented")
+  check_adamw(cfg)
   parts = []
   if cfg.clip_norm > 0:
     parts.append(clip_by_global_norm(cfg.clip_norm))

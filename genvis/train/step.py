@@ -20,7 +20,9 @@ def _microbatches(batch: dict, num: int) -> dict:
 def make_train_step(task, tx: optax.GradientTransformation, *, grad_accum_steps: int = 1,
                     ema_decay: float = 0.0):
   """One optimizer update; a non-finite loss or gradient leaves the state unchanged and
-  reports `finite=False`, so a non-finite state is never produced (nor checkpointed)."""
+  reports `finite=False`. From finite gradients AdamW's update is finite under the settings
+  `optimizer.check_adamw` accepts, so a non-finite state is never produced (nor
+  checkpointed)."""
 
   def loss_and_grads(params, batch, rng):
     loss_fn = lambda p: task.loss_fn(p, batch, rng, train=True)

@@ -153,7 +153,7 @@ class Trainer:
     current = self.task.metadata()
     # Fields that change how a model runs or starts, not what its parameters compute.
     runtime_only = {"dropout", "attention_dropout", "remat", "dtype", "attention_impl",
-                    "init_std", "zero_init_head"}
+                    "init_std", "scale_residual_init", "zero_init_head"}
     model = current.get("model", {})
     defaults = {k: v for k, v in self.task.model_field_defaults().items() if k in model}
     saved_model = {**defaults, **saved.get("model", {})}  # older checkpoints lack new fields
@@ -264,7 +264,7 @@ class Trainer:
                      out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
     batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.batch_sharding)
              for k, s in self.task.batch_spec().items()}
-    self._check_train_config(batch)
+    self._check_train_config()
     with self.sharding_context(), xla_options.errors_name_the_key():
       compiled = jitted.lower(self.abstract_state, batch).compile(
           {**self.xla_options, **(compiler_options or {})})
@@ -273,7 +273,8 @@ class Trainer:
     host_memory.keep_freed_memory_on_cpu_hosts()
     return compiled
 
-  def _check_train_config(self, batch):
+  def _check_train_config(self):
+    """Settings only training reads (evaluating or sampling a run never fails on them)."""
     if self.config.train.log_every < 1:
       raise UserError(f"config.train.log_every={self.config.train.log_every} must be >= 1")
     self._check_ema_precision()
@@ -282,7 +283,7 @@ class Trainer:
     if mismatch:
       raise UserError(f"config.train.grad_accum_steps={accum}: the {self.config.task} task's "
                       f"loss does not split into microbatches: {mismatch}")
-    for name, spec in batch.items():
+    for name, spec in self.task.batch_spec().items():
       if accum < 1 or spec.shape[0] % accum:
         raise UserError(f"config.train.grad_accum_steps={accum} must divide the batch "
                         f"{name!r} of size {spec.shape[0]}")
@@ -304,7 +305,8 @@ class Trainer:
           weight = weights.get(k, default_weight)
           totals[k] = totals.get(k, 0.0) + weight * float(v)
           counts[k] = counts.get(k, 0.0) + weight
-    metrics = {f"val_{k}": v / max(counts[k], 1e-9) for k, v in totals.items()}
+    means = self.task.held_out_means({k: v / max(counts[k], 1e-9) for k, v in totals.items()})
+    metrics = {f"val_{k}": v for k, v in means.items()}
     with self.sharding_context():
       for name, evaluator in self.task.evaluators().items():
         metrics.update({f"val_{name}/{k}": float(v) for k, v in evaluator(params).items()})
@@ -331,6 +333,7 @@ class Trainer:
   def train(self) -> dict:
     cfg = self.config.train
     total = cfg.steps
+    self._check_train_config()  # before the init, the restore and any write to the workdir
     state = self.restore_or_init()
     # After the task resolved vocab_size, and only once the workdir's checkpoint (if any) was
     # accepted: a refused resume must leave the config that describes that checkpoint.

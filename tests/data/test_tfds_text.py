@@ -10,14 +10,17 @@ import time
 import numpy as np
 import pytest
 
-from genvis.data import tfds_text
+from conftest import REPO
+from genvis import config_lib
+from genvis.data import text_sources, tfds_text
 from genvis.errors import UserError
 
 # The module's own import, so TensorFlow is as quiet here as in real use.
 tfds = tfds_text._import_tfds()  # pylint: disable=protected-access
 
 # The real split names of each dataset, written into the fake metadata.
-_SPLITS = {'tiny_shakespeare': ('train', 'validation', 'test'), 'lm1b': ('train', 'test')}
+_SPLITS = {'tiny_shakespeare': ('train', 'validation', 'test'), 'lm1b': ('train', 'test'),
+           'glue/sst2': ('train', 'validation', 'test')}
 
 
 def _write_metadata(data_dir, name):
@@ -169,6 +172,24 @@ def test_missing_text_key_lists_available_features(tmp_path):
   with pytest.raises(UserError) as excinfo:
     tfds_text.load_tfds_text('lm1b', 'train', data_dir=str(tmp_path), text_key='sentence')
   _assert_one_line_user_error(excinfo, "'sentence'", 'available features: text')
+
+
+def test_lm_config_reads_the_feature_named_by_tfds_text_key(tmp_path):
+  config = config_lib.load_config(
+      os.path.join(REPO, 'configs/gpt_lm.py:data=shakespeare'),
+      {'data.tfds_name': 'glue/sst2', 'data.tfds_data_dir': str(tmp_path)})
+  with _mocked(tmp_path, 'glue/sst2', num_examples=4):
+    with pytest.raises(UserError) as excinfo:  # the default key, 'text': sst2 has 'sentence'
+      text_sources.load_text_splits(config.data)
+    _assert_one_line_user_error(excinfo, "no feature 'text'", 'idx, label, sentence',
+                                'set config.data.tfds_text_key')
+    config.data.tfds_text_key = 'sentence'
+    train, val = text_sources.load_text_splits(config.data)
+    expected = {split: [e['sentence'].decode('utf-8') for e in
+                        tfds.as_numpy(tfds.builder('glue/sst2').as_dataset(split=split))]
+                for split in ('train', 'validation')}
+  assert train == '\n'.join(expected['train']) and len(expected['train']) == 4
+  assert val == '\n'.join(expected['validation'])
 
 
 def test_rejects_non_positive_max_examples():

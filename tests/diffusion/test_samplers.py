@@ -287,6 +287,8 @@ def test_conditional_score_of_a_bayes_classifier_is_the_class_score():
      "sample shape"),
     (lambda: samplers.ode_sampler(VP, exact_score(VP), (4, 2), jax.random.key(0), 10,
                                   eps=1.5), "eps=1.5"),
+    (lambda: samplers.pc_sampler(VP, exact_score(VP), (4, 2), jax.random.key(0), 10,
+                                 num_snapshots=1), "num_snapshots=1 (config.sample.num_snapshots)"),
     (lambda: samplers.pc_sampler(RF, exact_score(RF), (4, 2), jax.random.key(0), 10,
                                  eps=0.9995), "sampling_start=0.999"),
     (lambda: samplers.adaptive_ode_sampler(VP, exact_score(VP), (4, 2), jax.random.key(0),

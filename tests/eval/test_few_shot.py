@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -275,6 +276,16 @@ def test_bpe_is_fed_the_training_texts_tokens(fed_tokens, bpe_tokenizer):
   assert fed["max_new_tokens"] == max(len(tok.encode(f" {q.answer}\n")) for q in task.queries)
 
 
+def test_a_bpe_answer_ends_at_a_document_end(bpe_tokenizer, monkeypatch):
+  """Decoding keeps "<|endoftext|>": what the model writes after it is not its answer."""
+  end = BPETokenizer.END_OF_TEXT
+  generated = [bpe_tokenizer.encode(f" ab{end}cd\n"), bpe_tokenizer.encode(" ab\n")]
+  monkeypatch.setattr(scoring, "greedy_continuations", lambda *args, **kwargs: generated)
+  got = scoring.exact_match_predictions(None, {}, bpe_tokenizer, ["q ->", "r ->"], ["ab", "ab"],
+                                        delimiter="\n", answer_prefix=" ", max_len=64)
+  assert got == ["ab", "ab"]
+
+
 def test_character_tokenizer_is_fed_what_it_was_before_the_bpe_convention(fed_tokens):
   """A character tokenizer encodes the space alone either way: it stays in the prompt, so
   scores and generations are those of prompts ending in "-> " (the reference figures in
@@ -330,6 +341,21 @@ def test_runner_writes_the_table_json_and_plot(trained_workdir, tmp_path):
   table = few_shot.format_table(results)
   assert table.splitlines()[0].split()[-3:] == ["k=0", "k=1", "k=8"]
   assert table.splitlines()[2].split()[:3] == ["copy", "exact", "match"]
+
+
+def test_prompts_must_fit_the_trained_context_not_model_max_len(trained_workdir, tmp_path):
+  # The same run, as if trained on windows of 32 of its 64 positions.
+  workdir = str(tmp_path / "short_windows")
+  shutil.copytree(trained_workdir, workdir)
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  config["data"]["seq_len"] = 32
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  results = few_shot.run_few_shot(workdir, ["builtin:copy"], [1], num_examples=3,
+                                  devices=jax.devices()[:1])
+  skipped = results["tasks"]["copy"]["skipped"]
+  assert "> 32 (config.data.seq_len=32)" in skipped["1"], skipped  # fits 64, not 32
 
 
 def test_a_character_outside_the_vocabulary_names_the_task():

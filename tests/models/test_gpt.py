@@ -169,6 +169,13 @@ def test_residual_projections_use_scaled_init():
   assert abs(float(jnp.std(proj)) - 0.02 / 4.0) < 0.001  # 0.02 / sqrt(2 * 8)
 
 
+def test_gpt1_initialises_residual_projections_like_every_other_weight():
+  config = gpt.GPTConfig(**gpt.config_for("gpt1"))
+  assert config.residual_std == config.init_std == 0.02
+  gpt2 = gpt.GPTConfig(**gpt.config_for("gpt2"))
+  assert gpt2.residual_std == pytest.approx(0.02 / 24 ** 0.5)
+
+
 def test_post_ln_gpt1_style_has_no_final_norm():
   _, params = make(norm_position="post", final_norm=False)
   assert "ln_f" not in params

@@ -199,6 +199,17 @@ def test_config_mistakes_are_one_line_errors():
                       None)
   with pytest.raises(UserError, match="random_crop_padding=8"):
     igpt.ImageGPTTask(igpt_config(data__random_crop_padding=8), None)
+  with pytest.raises(UserError, match=r"config.data.palette_size=64: more colours than the 32 "
+                                      "training pixels"):
+    igpt.ImageGPTTask(igpt_config("scenes", data__resolution=8, data__scenes_train=8,
+                                  data__scenes_test=8, data__palette_size=64,
+                                  data__palette_fit_pixels=32), None)
+  with pytest.raises(UserError, match="config.data.palette_iters=-1"):
+    igpt.ImageGPTTask(igpt_config("scenes", data__resolution=8, data__scenes_train=8,
+                                  data__scenes_test=8, data__palette_iters=-1), None)
+  # Sample settings are checked when the task is built, not at the sample after training.
+  with pytest.raises(UserError, match=r"config.sample.top_p=1.5 must be in \(0, 1\]"):
+    igpt.ImageGPTTask(igpt_config(sample__top_p=1.5), None)
 
 
 def test_digit_levels_round_trip_through_the_grey_palette(task):

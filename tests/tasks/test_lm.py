@@ -1,12 +1,19 @@
-"""The language-modelling task: its checks before compiling, its tokenizer and metadata."""
+"""The language-modelling task: its checks before compiling, its tokenizer and metadata, and
+the context it samples in."""
 
+import flax.linen as nn
+import jax
 import pytest
 
 from conftest import assert_one_line_error, tiny_config
+from genvis import config_lib
+from genvis.convert import lm_workdir
 from genvis.data import tokenizers
 from genvis.errors import UserError
 from genvis.tasks.lm import LanguageModelTask
 from genvis.train.trainer import Trainer
+
+UNKNOWN = "\ue000"  # a private-use character: not in the embedded corpus's vocabulary
 
 
 def file_config(path, **overrides):
@@ -63,3 +70,58 @@ def test_a_checkpoint_older_than_the_tokenizer_fingerprint_is_accepted(trainer):
   del older["tokenizer_sha256"]  # written before the fingerprint was recorded
   trainer.check_checkpoint_meta(older, "old", same_task=False)  # config.init_from
   trainer.check_checkpoint_meta(older, "old")  # a resume
+
+
+# ------------------------------------------------------------------------------ sampling
+@pytest.mark.parametrize("overrides,fragments", [
+    ({"sample__top_p": 0.0}, ["config.sample.top_p=0.0"]),
+    ({"sample__top_p": 1.5}, ["config.sample.top_p=1.5"]),
+    ({"sample__prompt": "x" * 20}, ["config.sample.prompt: ", "20 tokens, longer",
+                                    "(model.max_len=16)"]),
+    ({"sample__prompt": "x" * 6, "data__seq_len": 4},
+     ["config.sample.prompt: ", "6 tokens, longer", "(config.data.seq_len=4)"]),
+    ({"sample__prompt": "ab", "sample__max_new_tokens": 16},
+     ["config.sample.prompt: ", "config.sample.max_new_tokens=16 exceeds"]),
+    ({"sample__max_new_tokens": -1}, ["config.sample.max_new_tokens=-1"]),
+    ({"sample__prompt": f"a{UNKNOWN}"}, ["config.sample.prompt: ", f"{UNKNOWN!r} is not in"]),
+    ({"sample__stop": UNKNOWN}, ["config.sample.stop=", f"{UNKNOWN!r} is not in"]),
+])
+def test_bad_sample_settings_fail_when_the_task_is_built(tmp_path, overrides, fragments):
+  with pytest.raises(UserError) as excinfo:
+    LanguageModelTask(tiny_config(**overrides), str(tmp_path))
+  assert_one_line_error(excinfo, *fragments)
+
+
+def test_a_bad_prompt_file_fails_before_the_trainer_compiles_or_trains(tmp_path):
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text(f"fine\nnot {UNKNOWN}\n", encoding="utf-8")
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError) as excinfo:
+    Trainer(tiny_config(sample__prompt_file=str(prompts)), str(workdir))
+  assert_one_line_error(excinfo, "config.sample.prompt_file: ", f"{UNKNOWN!r} is not in")
+  assert not (workdir / "checkpoints").exists()
+  # Without samples the settings are never used, so nothing is checked.
+  LanguageModelTask(tiny_config(sample__prompt_file=str(prompts), sample__num_samples=0,
+                                sample__top_p=0.0), str(tmp_path / "quiet"))
+
+
+def test_sampling_fills_the_trained_context_not_model_max_len(tmp_path):
+  task = LanguageModelTask(tiny_config(data__seq_len=8, sample__prompt="The",
+                                       sample__max_new_tokens=0), str(tmp_path))
+  assert task.model_config.max_len == 16
+  params = nn.meta.unbox(jax.jit(task.init_variables)(jax.random.key(0)))["params"]
+  (sampled,) = task.sample(params, jax.random.key(1))["texts"]
+  # Positions 0-7 read the prompt's 3 characters and 5 new ones; the 6th new one is sampled
+  # from position 7 and never read.
+  assert sampled.startswith("The") and len(sampled) == 3 + (8 - 3 + 1)
+  assert task.context_name == "config.data.seq_len=8"  # what its errors name
+
+
+def test_imported_gpt2_keeps_its_full_context():
+  # An imported checkpoint's workdir config (genvis/convert/lm_workdir.py) leaves seq_len at
+  # 0, i.e. model.max_len: GPT-2 was trained on all 1024 positions.
+  config = config_lib.load_config(lm_workdir.default_spec("gpt2"))
+  assert config.data.seq_len == 0 and config.model.max_len == 1024
+  task = LanguageModelTask(tiny_config(sample__num_samples=0), None)
+  assert task.seq_len == task.model_config.max_len == 16
+  assert task.context_name == "model.max_len=16"

@@ -225,6 +225,7 @@ def test_digits_classifier_head_and_guided_sampler_trace():
     ({"model.data_dim": 3}, ("config.model.data_dim=3", "data_dim=2")),
     ({"data.density": "spiral"}, ("config.data.density='spiral'", "checkerboard")),
     ({"data.test_size": 0}, ("config.data.test_size=0",)),
+    ({"eval.bpd_batch": 0}, ("config.eval.bpd_batch=0", "bpd_examples=0")),
 ])
 def test_toy_config_mistakes_are_one_line_errors(overrides, fragments):
   with pytest.raises(UserError) as excinfo:

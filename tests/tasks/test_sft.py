@@ -126,6 +126,23 @@ def test_loss_is_cls_loss_plus_lambda_times_lm_loss(initialised):
   assert set(on) == {"loss", "cls_loss", "lm_loss", "accuracy", "weight", "weight/lm_loss"}
 
 
+def test_heldout_loss_is_heldout_cls_loss_plus_lambda_times_heldout_lm_loss(tmp_path):
+  """L2 averages over texts and L1 over tokens: held-out batches with different tokens per
+  text (the padded last one too) must still give val_loss = val_cls_loss + λ·val_lm_loss."""
+  trainer = Trainer(sft_config(data__batch_size=16, model__max_len=128,
+                               sft__lm_loss_weight=0.5), str(tmp_path))
+  batches = list(trainer.task.eval_batches())
+  tokens_per_text = [(np.maximum(b["lengths"] - 1, 0) * b["weights"]).sum() / b["weights"].sum()
+                     for b in batches]
+  assert batches[-1]["weights"].sum() < 16 and np.ptp(tokens_per_text) > 5  # can fail
+  # Scaled weights: sharper predictions, whose per-token losses (and so per-batch means)
+  # differ more. Averaging the batches' L2 + λ·L1 by texts alone misses by ~5e-5 here.
+  params = jax.tree.map(lambda x: 4.0 * x, trainer.restore_or_init().params)
+  metrics = trainer.evaluate(params)
+  np.testing.assert_allclose(metrics["val_loss"],
+                             metrics["val_cls_loss"] + 0.5 * metrics["val_lm_loss"], rtol=1e-6)
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
   # Texts of different lengths: microbatch j of 4 holds rows j and j + 4, unequal token shares.
   lengths = np.array([5, 32, 9, 32, 32, 17, 32, 32])

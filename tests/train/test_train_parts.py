@@ -1,4 +1,7 @@
-"""Mesh resolution, optimizer and schedule, TensorBoard files, MFU peak, XLA options."""
+"""Mesh resolution, optimizer and schedule, metrics.jsonl, TensorBoard files, MFU peak, XLA
+options."""
+
+import json
 
 import chex
 import jax
@@ -8,7 +11,7 @@ import optax
 import pytest
 
 from genvis.errors import UserError
-from genvis.train import event_file, mesh, mfu, optimizer, xla_options
+from genvis.train import event_file, mesh, metric_writers, mfu, optimizer, xla_options
 
 
 def test_mesh_shape_fills_minus_one_and_rejects_bad_shapes():
@@ -58,6 +61,25 @@ def test_weight_decay_only_on_matrices():
   # Zero gradients: only decoupled weight decay moves a parameter, by -lr * wd * value.
   np.testing.assert_allclose(updates["kernel"], -0.05, rtol=1e-6)
   assert np.all(updates["bias"] == 0) and np.all(updates["scale"] == 0)
+
+
+def test_a_metrics_line_cut_short_is_skipped_and_dropped_on_resume(tmp_path, caplog):
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  for step in (1, 2, 3):
+    writer.write(step, {"loss": 1.0 / step})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 4, "lo')  # the process died mid-append
+  with caplog.at_level("WARNING"):
+    assert [r["step"] for r in metric_writers.read_metrics(str(tmp_path))] == [1, 2, 3]
+  assert "metrics.jsonl line 4 is not a JSON record" in caplog.text
+  resumed = metric_writers.MetricWriter(str(tmp_path))
+  resumed.drop_after(2)
+  resumed.write(3, {"loss": 0.25})
+  resumed.close()
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [
+      {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.25}]
 
 
 def test_crc32c_known_answer():
@@ -125,6 +147,26 @@ def test_layer_decay_scales_each_update_by_its_depth():
   np.testing.assert_allclose(updates["embed"], step / 16, rtol=1e-6)
   np.testing.assert_allclose(updates["stacked"][:, 0], step * np.array([1 / 8, 1 / 4, 1 / 2]),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("eps", 0.0), ("b1", 1.0), ("b2", 1.0), ("b2", -0.5), ("lr", 0.0), ("lr", float("nan")),
+    ("min_lr", 1e-2), ("weight_decay", -0.1), ("clip_norm", float("inf"))])
+def test_settings_that_could_make_the_update_non_finite_are_refused(key, value):
+  with pytest.raises(UserError, match=rf"^config\.optim\.{key}={value} must be"):
+    optimizer.make_optimizer(optim_config(**{key: value}), 10)
+
+
+def test_a_parameter_without_gradient_yet_gets_a_finite_update():
+  """Why eps = 0 is refused: the step checks the loss and gradient, not the update."""
+  params = {"embedding": np.ones((3, 2), np.float32)}
+  grads = {"embedding": np.zeros((3, 2), np.float32)}  # rows no batch has looked up
+  tx = optimizer.make_optimizer(optim_config(warmup_steps=0), 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert np.all(np.isfinite(updates["embedding"]))
+  raw = optax.adam(1e-3, eps=0.0)
+  updates, _ = raw.update(grads, raw.init(params), params)
+  assert np.all(np.isnan(updates["embedding"]))
 
 
 def test_layer_decay_needs_a_layer_order_and_a_sane_value():

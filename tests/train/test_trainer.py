@@ -169,13 +169,22 @@ def test_bad_checkpoint_settings_are_named_before_anything_is_written(tmp_path, 
   assert not (tmp_path / "checkpoints").exists()
 
 
-def test_an_ema_of_bf16_parameters_is_refused_for_training(tmp_path):
-  trainer = Trainer(tiny_config(train__ema_decay=0.999, model__param_dtype="bfloat16",
-                                **NO_EXTRAS), str(tmp_path))
+@pytest.mark.parametrize("overrides, fragments", [
+    (dict(train__ema_decay=0.999, model__param_dtype="bfloat16"),
+     ("config.train.ema_decay=0.999 needs float32 parameters, not bfloat16",
+      "config.model.param_dtype=float32")),
+    (dict(train__grad_accum_steps=3), ("config.train.grad_accum_steps=3 must divide",)),
+    (dict(train__log_every=0), ("config.train.log_every=0 must be >= 1",)),
+])
+def test_bad_train_settings_are_named_before_the_workdir_changes(tmp_path, overrides,
+                                                                 fragments):
+  (tmp_path / "config.json").write_text("the earlier run's")
+  trainer = Trainer(tiny_config(**overrides, **NO_EXTRAS), str(tmp_path))
   with pytest.raises(UserError) as excinfo:
-    trainer.compile_train_step()
-  assert_one_line_error(excinfo, "config.train.ema_decay=0.999 needs float32 parameters, not "
-                                 "bfloat16", "config.model.param_dtype=float32")
+    trainer.train()
+  assert_one_line_error(excinfo, *fragments)
+  assert (tmp_path / "config.json").read_text() == "the earlier run's"
+  assert not {"metrics.jsonl", "tensorboard"} & set(os.listdir(tmp_path))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
