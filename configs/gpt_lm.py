@@ -7,14 +7,18 @@ Variants (comma-separated key=value after the colon):
           gpt2-large, gpt2-xl; gpt3-small ... gpt3-175b
   data  = embedded (CPython docs, offline), file (set --config.data.path), shakespeare
           (tfds tiny_shakespeare, prepared in --config.data.tfds_data_dir)
-  tok   = char | bpe
+  tok   = char | bpe (with a published size: a BPE of its vocab_size, e.g. GPT-2's 50257
+          tokens, which needs a large enough text: the embedded corpus gives ~8.8 k, so there
+          add --config.model.vocab_size=0 for an embedding of the tokenizer's size)
 
 Reference runs:
 - `size=tiny` (default, `make run`): a 4-layer, 128-wide character model on the embedded
   corpus; 2,000 steps in ~2.5 minutes on a 2-core CPU; validation loss ~1.40 nats/char.
 - `size=tiny,data=file` with --config.data.path=tinyshakespeare.txt and train.steps=2000 is
-  nanoGPT's CPU Shakespeare run (experiments/bench/lm_shakespeare.py): val loss ~1.88.
-- `size=gpt2,tok=bpe`: GPT-2 124M; a GPU or TPU host (bf16: --config.model.dtype=bfloat16).
+  nanoGPT's CPU Shakespeare run (experiments/bench/lm_shakespeare.py): val loss ~1.90
+  (nanoGPT's README: 1.88, from 20 validation batches; experiments/results/lm).
+- `size=gpt2,tok=bpe`: GPT-2 124M; a GPU or TPU host (bf16: --config.model.dtype=bfloat16),
+  on a text large enough for GPT-2's 50257 BPE tokens (or --config.model.vocab_size=0).
 """
 
 from genvis import config_lib
@@ -63,6 +67,9 @@ def get_config(arg=None):
     c.data.batch_size = 32
     c.train.steps = 100_000
     c.optim.update(lr=6e-4, min_lr=6e-5, warmup_steps=2000, b2=0.95)
-  if variant["tok"] == "bpe" and c.model.vocab_size == 0:
-    c.data.bpe_vocab_size = 4096
+  if variant["tok"] == "bpe":
+    # A published size has a fixed embedding (GPT-2's 50257 rows): fit as many tokens, so no
+    # row is left untrained (a text too small for that many is refused by the task). The CPU
+    # sizes (vocab_size 0) take the tokenizer's size.
+    c.data.bpe_vocab_size = c.model.vocab_size or 4096
   return c

@@ -31,7 +31,8 @@ corpus *without* the held-out paragraphs, then 500 steps (2.5-5 min each), batch
 1,231 training paragraphs. Held-out accuracy on all 402 held-out paragraphs, one seed:
   majority class 0.266 | scratch (λ=0) 0.522 | fine-tuned λ=0 0.587 | fine-tuned λ=0.5 0.657
 On imdb/sst2 the tiny model's 64-character context reads only the start of a review; use
-size=gpt2,tok=bpe on an accelerator for meaningful figures there.
+size=gpt2,tok=bpe from an imported GPT-2 (genvis.convert.hf_gpt, config.init_from) on an
+accelerator for meaningful figures there.
 """
 
 from genvis import config_lib
@@ -74,8 +75,8 @@ def get_config(arg=None):
   elif variant["data"] != "embedded":
     raise ValueError(f"config variant data={variant['data']!r}: expected embedded, imdb or "
                      "sst2")
-  if variant["tok"] == "bpe" and c.model.vocab_size == 0:
-    c.data.bpe_vocab_size = 4096  # as configs/gpt_lm.py, so the tokenizers match
+  if variant["tok"] == "bpe":  # as configs/gpt_lm.py, so the tokenizers match
+    c.data.bpe_vocab_size = c.model.vocab_size or 4096
   c.sft = dict(lm_loss_weight=float(variant["lm_weight"]))
 
   # GPT-1 fine-tunes with a linear decay after a short warm-up; the peak rate here suits the

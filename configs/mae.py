@@ -69,6 +69,10 @@ def get_config(arg=None):
                      f"{', '.join(PAPER_SIZES)}")
   # Filled in from the data (a set value must match it).
   c.model.update(image_size=0, channels=0, mask_ratio=0.75)
+  # Pre-training never pools; the linear probes (MAETask.features) do. The mean of the patch
+  # tokens is what MAE's fine-tuning (configs/vit.py) uses and what the probes of
+  # experiments/results/mae were measured on.
+  c.model.pooling = "mean"
 
   c.train.log_every = 100
   c.optim.update(b1=0.9, b2=0.95, weight_decay=0.05, decay="cosine", min_lr=0.0)

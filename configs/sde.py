@@ -120,11 +120,12 @@ def get_config(arg=None):
   c.model = _model(data, size, sde)
   c.sde = dict(
       kind=SDE_KINDS[sde],
-      sigma_min=0.01,
-      sigma_max=VE_SIGMA_MAX["toy" if is_toy else data],
-      beta_min=0.1,
-      beta_max=20.0,
-      num_scales=1000,
+      sigma_min=0.01,  # vesde only
+      sigma_max=VE_SIGMA_MAX["toy" if is_toy else data],  # vesde only
+      beta_min=0.1,  # vpsde and subvpsde only
+      beta_max=20.0,  # vpsde and subvpsde only
+      # No num_scales (score_sde's N): loss, samplers and likelihood here are continuous-
+      # time; the sampler's steps are sample.num_steps.
       eps=1e-5,  # smallest training (and likelihood) time
       weighting="sigma2",  # sigma2 (lambda = s(t)^2) | likelihood (lambda = g(t)^2)
       reduce_mean=True,  # per-example loss: mean (True) or sum over the data's dims

@@ -13,7 +13,8 @@ Variants (comma-separated key=value after the colon):
          image, fixed sin-cos positions, mean-pooled patch tokens), or Ti/16, S/16, B/16,
          L/16, H/14 at 224x224 (a GPU or TPU host).
   recipe = scratch (supervised training from random weights) or finetune (MAE's end-to-end
-         fine-tuning: layer-wise lr decay; set --config.init_from to the pre-training run).
+         fine-tuning: layer-wise lr decay; --config.init_from, the pre-training run, is
+         required).
 
 The paper sizes follow MAE's appendix A: fine-tuning with batch 1024, base lr per 256 images
 5e-4 (B) or 1e-3 (L, H), layer decay 0.65 (B) or 0.75 (L, H), 100 (B) or 50 (L, H) epochs

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import run_main
+from conftest import REPO, run_main
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,24 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(trained_workdir):
                      sample__max_new_tokens=8)
   assert sampled.returncode == 0, sampled.stderr[-2000:]
   assert "--- sample 0 ---\nThe " in sampled.stdout
+
+
+def test_a_runs_recorded_config_samples_it_without_repeating_its_overrides(trained_workdir):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  workdir, _ = trained_workdir
+  command = lambda spec: [sys.executable, "-m", "genvis.main", f"--config={spec}",
+                          f"--workdir={workdir}", "--mode=sample", "--config.sample.prompt=The ",
+                          "--config.sample.max_new_tokens=8"]
+  sampled = subprocess.run(command(f"configs/workdir.py:{workdir}"), cwd=REPO,
+                           capture_output=True, text=True, timeout=300, check=False)
+  assert sampled.returncode == 0, sampled.stderr[-2000:]
+  assert "--- sample 0 ---\nThe " in sampled.stdout
+  assert json.loads(sampled.stdout.strip().splitlines()[-1])["step"] == 6
+  # The check can fail: the config file alone differs from the run's (its batch, its model).
+  plain = subprocess.run(command("configs/gpt_lm.py:size=tiny"), cwd=REPO,
+                         capture_output=True, text=True, timeout=300, check=False)
+  assert plain.returncode == 2 and plain.stderr.startswith("error: ")
 
 
 def test_eval_mode_evaluates_the_ema_as_training_did(tmp_path):

@@ -19,6 +19,11 @@ import os
 
 from genvis.errors import UserError
 
+# Keys that only one source reads, whose default "" means "not set": (that source, the
+# configs/gpt_lm.py variant that picks it). Set for another source, such a key would be
+# ignored without a word, e.g. a run meant for a file trained on the embedded corpus.
+SOURCE_ONLY_KEYS = {"path": ("file", "data=file"), "tfds_data_dir": ("tfds", "data=shakespeare")}
+
 
 def embedded_corpus() -> str:
   """The CPython documentation topics, in a fixed (sorted-key) order."""
@@ -49,6 +54,7 @@ def split_by_position(text: str, val_fraction: float) -> tuple[str, str]:
 def load_text_splits(data_config) -> tuple[str, str]:
   """(train_text, val_text) for `config.data`."""
   source = data_config.source
+  check_source_only_keys(data_config)
   if source == "embedded":
     return split_by_position(embedded_corpus(), data_config.val_fraction)
   if source == "file":
@@ -66,3 +72,14 @@ def load_text_splits(data_config) -> tuple[str, str]:
     return load_icl_splits(data_config)
   raise UserError(f"config.data.source={source!r}: expected 'embedded', 'file', 'tfds' or "
                   "'icl'")
+
+
+def check_source_only_keys(data_config):
+  """A key of SOURCE_ONLY_KEYS that is set must belong to `config.data.source`."""
+  source = data_config.source
+  for key, (owner, variant) in SOURCE_ONLY_KEYS.items():
+    value = data_config.get(key, "")  # .get: the ICL configs have neither key
+    if value and source != owner:
+      raise UserError(f"config.data.{key}={value!r} is read only by the {owner!r} source, but "
+                      f"config.data.source={source!r}: pick it with the {variant} variant or "
+                      f"--config.data.source={owner}, or leave config.data.{key} empty")

@@ -196,6 +196,11 @@ def load(path: str):
   return BPETokenizer(Tokenizer.from_file(path))
 
 
+def saved_in(workdir: str | None) -> bool:
+  """Whether `workdir` holds a tokenizer, which `fit_or_load` reloads instead of fitting."""
+  return bool(workdir) and os.path.exists(os.path.join(workdir, FILENAME))
+
+
 def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None,
                 write: bool = True):
   """The workdir's saved tokenizer if there is one, else a new one fitted (and saved when

@@ -74,9 +74,14 @@ class TransformerConfig:
     if self.num_heads < 1 or (not self.head_dim and self.d_model % self.num_heads):
       raise UserError(f"config.model.num_heads={self.num_heads} must be >= 1 and divide "
                       f"config.model.d_model={self.d_model} (or set config.model.head_dim)")
-    if "local" in self.layer_kinds() and self.local_window < 1:
+    has_local = "local" in self.layer_kinds()
+    if has_local and self.local_window < 1:
       raise UserError(f"config.model.attention_pattern={self.attention_pattern!r} has local "
                       f"layers: set config.model.local_window >= 1 (now {self.local_window})")
+    if not has_local and self.local_window:
+      raise UserError(f"config.model.local_window={self.local_window} has no effect: "
+                      f"config.model.attention_pattern={self.attention_pattern!r} has no local "
+                      "layers (set the window to 0, or the pattern to local or alternating)")
     if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
       raise UserError(f"config.model.attention_impl='cudnn' needs config.model.dtype="
                       f"bfloat16 or float16 (cuDNN's flash attention), not {self.dtype!r}")

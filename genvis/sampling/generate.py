@@ -41,7 +41,13 @@ def check_length(prompt_len: int, max_new_tokens: int, max_len: int, context: st
                     "reads every token but the last)")
 
 
-def check_top_p(top_p: float):
+def check_filters(temperature: float, top_k: int, top_p: float):
+  """The config's sampling settings, each in its range: below it the code would read them as
+  "off" (a negative temperature as greedy, a negative top_k as no top-k) without a word."""
+  if temperature < 0:
+    raise UserError(f"config.sample.temperature={temperature} must be >= 0 (0: greedy)")
+  if top_k < 0:
+    raise UserError(f"config.sample.top_k={top_k} must be >= 0 (0: off)")
   if not 0.0 < top_p <= 1.0:
     raise UserError(f"config.sample.top_p={top_p} must be in (0, 1] (1 switches nucleus "
                     "sampling off)")

@@ -41,7 +41,7 @@ def checked_prompts(sample_config, encode, tokenizer, *, max_len: int, context: 
   """`sample_config`'s prompts (read_prompts) and their ids (each encoded by `encode`), with
   the settings `complete` will use checked against a context of `max_len` tokens (`context`
   names what sets it, see generate.check_length). Errors name the config key."""
-  generate.check_top_p(sample_config.top_p)
+  generate.check_filters(sample_config.temperature, sample_config.top_k, sample_config.top_p)
   key = "config.sample.prompt_file" if sample_config.prompt_file else "config.sample.prompt"
   prompts = read_prompts(sample_config)
   try:
@@ -85,7 +85,7 @@ def complete(model, params, tokenizer, prompt_ids: list[np.ndarray], rng, *, max
   max_new_tokens=0 fills it after the longest prompt (and samples one more token from the
   last position).
   """
-  generate.check_top_p(top_p)
+  generate.check_filters(temperature, top_k, top_p)
   padded, lengths = pad_prompts(prompt_ids)
   max_new_tokens = max_new_tokens or max_len - padded.shape[1] + 1
   generate.check_length(padded.shape[1], max_new_tokens, max_len, context)

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from genvis.data.image_batches import ImageBatches
+from genvis.errors import UserError
 from genvis.models import vit
 from genvis.tasks.base import InitFromParts, Task
 
@@ -39,6 +40,12 @@ class ClassificationTask(Task):
 
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
+    # Layer-wise lr decay is the fine-tuning recipe's mark (configs/vit.py recipe=finetune):
+    # without a pre-trained encoder it would train random weights with that recipe, silently.
+    if config.optim.layer_decay < 1 and not config.get("init_from"):
+      raise UserError(f"config.optim.layer_decay={config.optim.layer_decay} is the fine-tuning "
+                      "recipe, but config.init_from is empty: set it to the pre-training run's "
+                      "workdir, or train from scratch with recipe=scratch (layer_decay=1.0)")
     self.batches = ImageBatches(config.data, config.seed, labels=True,
                                 process_index=process_index, process_count=process_count)
     self.train_set, self.test_set = self.batches.train_set, self.batches.test_set

@@ -58,7 +58,8 @@ class ImageGPTTask(Task):
   def __init__(self, config, workdir, *, process_index=0, process_count=1):
     super().__init__(config, workdir, process_index=process_index, process_count=process_count)
     if config.sample.num_samples > 0:  # fails here, not at the sample after training
-      generate.check_top_p(config.sample.top_p)
+      generate.check_filters(config.sample.temperature, config.sample.top_k,
+                             config.sample.top_p)
     data = config.data
     self.train_set, self.test_set = image_sources.load_train_test(data)
     self.image_shape = self.train_set.images.shape[1:]

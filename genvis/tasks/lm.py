@@ -26,13 +26,15 @@ class LanguageModelTask(Task):
                       "random validation windows; give a number of batches")
     train_text, val_text = text_sources.load_text_splits(config.data)
     write = process_index == 0
+    # Fitted now, not reloaded: a resume or an imported workdir keeps the tokenizer it has.
+    fitted = not config.init_from and not tokenizers.saved_in(workdir)
     if config.init_from:  # continued pre-training: the ids its weights were trained on
       self.tokenizer = tokenizers.load_for_init_from(
           config.data, config.init_from, workdir, write=write, cover=(train_text, val_text))
     else:
       self.tokenizer = tokenizers.fit_or_load(config.data, train_text, val_text, workdir,
                                               write=write)
-    self.model_config = resolve_model_config(config, self.tokenizer)
+    self.model_config = resolve_model_config(config, self.tokenizer, fitted=fitted)
     self.model = gpt.GPT(self.model_config)
     self.seq_len = config.data.seq_len or self.model_config.max_len
     if self.seq_len > self.model_config.max_len:
@@ -118,17 +120,47 @@ class LanguageModelTask(Task):
     return {"texts": [p + c for p, c in zip(prompts, continuations)]}
 
 
-def resolve_model_config(config, tokenizer) -> gpt.GPTConfig:
+# How many more embedding rows than a BPE fitted by the run itself has a model may have.
+# Padding the vocabulary to a multiple of 64 or 128 for faster matmuls (nanoGPT: 50257 ->
+# 50304, 47 rows) adds fewer than 128; beyond that the rows are ones no token id ever reads,
+# so they never train (GPT-2's 50257 rows over a 2048-token BPE left ~48 k such rows). A
+# fixed count rather than a fraction: 1 % of a 300-token BPE is 3 rows.
+MAX_PADDING_ROWS = 128
+
+
+def resolve_model_config(config, tokenizer, *, fitted: bool) -> gpt.GPTConfig:
   """`config.model` as a GPTConfig, with vocab_size=0 filled in from the tokenizer (also in
-  `config`, so workdir/config.json and checkpoint comparisons see the real value)."""
+  `config`, so workdir/config.json and checkpoint comparisons see the real value).
+
+  `fitted`: the tokenizer was fitted by this run for these weights, so a BPE's size may be
+  exceeded only by padding (MAX_PADDING_ROWS). A reloaded one (a resume, an imported
+  workdir) or config.init_from's comes with weights whose rows its ids already fix. A
+  character tokenizer is exempt: its size is the text's alphabet, under a published size's
+  embedding by design with the default tok=char (experiments/bench/gpu_gpt2.py times GPT-2's
+  50257 rows on uniform ids so)."""
   vocab = tokenizer.vocab_size
   if config.model.vocab_size == 0:
     config.model.vocab_size = vocab
   elif config.model.vocab_size < vocab:
     raise UserError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
                     f"the tokenizer's vocabulary ({vocab})")
+  elif (fitted and tokenizer.kind == "bpe"
+        and config.model.vocab_size - vocab >= MAX_PADDING_ROWS):
+    raise UserError(_unused_rows_message(config.model.vocab_size, config.data, tokenizer))
   if 0 < config.model.output_vocab_size < vocab:
     raise UserError(f"config.model.output_vocab_size={config.model.output_vocab_size} is "
                     f"smaller than the tokenizer's vocabulary ({vocab}): some targets would "
                     "have no logit")
   return gpt.GPTConfig(**config.model.to_dict())
+
+
+def _unused_rows_message(model_vocab: int, data_config, tokenizer) -> str:
+  vocab = tokenizer.vocab_size
+  if data_config.bpe_vocab_size < model_vocab:
+    remedy = f"raise config.data.bpe_vocab_size={data_config.bpe_vocab_size} to it"
+  else:  # fitting stopped early: the text ran out of pairs to merge
+    remedy = "train on a larger text (this one has no more pairs to merge)"
+  return (f"config.model.vocab_size={model_vocab}, but the BPE tokenizer fitted for this run "
+          f"has {vocab} tokens: {model_vocab - vocab} embedding rows would never be trained "
+          f"(padding adds fewer than {MAX_PADDING_ROWS}); set config.model.vocab_size=0 to size "
+          f"the embedding to the tokenizer, or {remedy}")

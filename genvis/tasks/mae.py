@@ -21,7 +21,8 @@ The `sample` hook shows reconstructions as MAE's paper does: per test image, the
 the masked input (hidden patches grey), the decoder's output for every patch (de-normalised
 with each target patch's own mean and std under norm_pix_loss, as the paper's figures are),
 and that output with the visible patches pasted back. `features` gives the encoder's
-mean-pooled patch tokens of whole, unmasked images for linear probes (`genvis.eval.probe`).
+representation of whole, unmasked images, pooled as `config.model.pooling` says (the class
+token, or the mean of the patch tokens), for linear probes (`genvis.eval.probe`).
 """
 
 import dataclasses
@@ -163,9 +164,10 @@ class MAETask(Task):
 
   # ----------------------------------------------------------------------------- probes
   def features(self, params, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """[N, D]: the encoder's tokens of whole, unmasked images averaged over the patches
-    (the class token left out), for linear probes."""
-    pooled = _pooled_patches(self.model)
+    """[N, D]: the encoder's representation of whole, unmasked images, pooled per
+    `config.model.pooling` (the model's own pooling, as a fine-tuned ViT pools), for linear
+    probes."""
+    pooled = _pooled_features(self.model)
     return map_in_chunks(lambda chunk: pooled(params, chunk), images, batch_size)
 
 
@@ -177,15 +179,9 @@ def _forward(model: mae.MAE):
 
 
 @functools.lru_cache(maxsize=4)
-def _pooled_patches(model: mae.MAE):
-  """A compiled (params, images) -> [B, D] mean of the encoder's patch tokens."""
-  prefix = int(model.config.class_token)
-
-  def pooled(params, images):
-    tokens = mae.mae_encoder_features(model, params, images, pooled=False)
-    return jnp.mean(tokens[:, prefix:], axis=1)
-
-  return jax.jit(pooled)
+def _pooled_features(model: mae.MAE):
+  """A compiled (params, images) -> [B, D] pooled encoder features (MAE.features)."""
+  return jax.jit(lambda params, images: mae.mae_encoder_features(model, params, images))
 
 
 def mean_training_patches(images: np.ndarray, config: mae.MAEConfig) -> np.ndarray:

@@ -63,6 +63,9 @@ from genvis.sampling import image_grid, scatter_plot
 from genvis.tasks.base import Task
 
 SDE_CLASSES = {"vesde": sde_lib.VESDE, "vpsde": sde_lib.VPSDE, "subvpsde": sde_lib.SubVPSDE}
+# The config.sde schedule keys each SDE reads (the others it ignores).
+SCHEDULE_KEYS = {"vesde": ("sigma_min", "sigma_max"), "vpsde": ("beta_min", "beta_max"),
+                 "subvpsde": ("beta_min", "beta_max")}
 WEIGHTINGS = {"sigma2": "score_matching", "likelihood": "likelihood"}
 TOY_SOURCE = "toy2d"
 # Fixed evaluation draws, independent of config.seed: runs with other seeds score the same
@@ -73,15 +76,13 @@ GRID_COLUMNS = 8
 
 
 def build_sde(sde_config) -> sde_lib.SDE:
-  """The forward SDE that config.sde names."""
+  """The forward SDE that config.sde names. Its `num_scales` (the discrete-time grid of the
+  DDPM / SMLD losses) stays at the default: this task's loss, samplers (sample.num_steps) and
+  likelihood are continuous-time and never read it."""
   kind = sde_config.kind
   if kind not in SDE_CLASSES:
     raise UserError(f"config.sde.kind={kind!r}: expected one of {', '.join(SDE_CLASSES)}")
-  if kind == "vesde":
-    return sde_lib.VESDE(sigma_min=sde_config.sigma_min, sigma_max=sde_config.sigma_max,
-                         num_scales=sde_config.num_scales)
-  return SDE_CLASSES[kind](beta_min=sde_config.beta_min, beta_max=sde_config.beta_max,
-                           num_scales=sde_config.num_scales)
+  return SDE_CLASSES[kind](**{key: sde_config[key] for key in SCHEDULE_KEYS[kind]})
 
 
 def _check_fields(model_section, known: dict, what: str):
@@ -150,6 +151,13 @@ class ScoreSDETask(Task):
     self.reduce = "mean" if sde_config.reduce_mean else "sum"
     self.eps = float(sde_config.eps)
     self.use_classifier = bool(sde_config.classifier)
+    # Guidance scales the classifier's gradient: without a classifier it would do nothing.
+    # (sample.per_class has a non-zero default, so its being set cannot be told apart.)
+    if not self.use_classifier and config.sample.guidance_scale != 1.0:
+      raise UserError(f"config.sample.guidance_scale={config.sample.guidance_scale} scales "
+                      "the classifier's gradient, but config.sde.classifier=False trains no "
+                      "classifier: set config.sde.classifier=True, or leave guidance_scale at "
+                      "1.0")
     self.is_toy = config.data.source == TOY_SOURCE
     rows = dict(process_index=process_index, process_count=process_count)
     if self.is_toy:
@@ -318,8 +326,8 @@ class ScoreSDETask(Task):
     sde_config = self.config.sde
     return {"task": "sde", "model": _jsonable(dataclasses.asdict(self.model_config)),
             "data_shape": list(self.data_shape),
-            "sde": {k: sde_config[k] for k in ("kind", "sigma_min", "sigma_max", "beta_min",
-                                                "beta_max")},
+            # Only the keys this SDE reads: a resume after changing another is not refused.
+            "sde": {k: sde_config[k] for k in ("kind", *SCHEDULE_KEYS[sde_config.kind])},
             "classifier": None if self.classifier_config is None else _jsonable(
                 dataclasses.asdict(self.classifier_config))}
 

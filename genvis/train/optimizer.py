@@ -84,10 +84,12 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
 
 def check_adamw(cfg):
-  """Settings under which AdamW's update could be non-finite from finite gradients, which the
-  train step's finiteness check (on the loss and gradient) would let through into the state
-  and its checkpoints: eps = 0 divides 0 by 0 for a parameter that has had no gradient yet
-  (an embedding row no batch has used), b1 or b2 = 1 zero the bias corrections' divisors."""
+  """Refuses out-of-range settings by name. Some would make AdamW's update non-finite from
+  finite gradients, which the train step's finiteness check (on the loss and gradient) would
+  let through into the state and its checkpoints: eps = 0 divides 0 by 0 for a parameter that
+  has had no gradient yet (an embedding row no batch has used), b1 or b2 = 1 zero the bias
+  corrections' divisors. Others would be quietly replaced: a decay that ends within the
+  warmup would drop to min_lr at once."""
   def bad(key, value, requirement):
     raise UserError(f"config.optim.{key}={value} must be {requirement}")
   if not (np.isfinite(cfg.lr) and cfg.lr > 0):
@@ -99,6 +101,11 @@ def check_adamw(cfg):
   for key in ("b1", "b2"):
     if not 0 <= cfg[key] < 1:
       bad(key, cfg[key], "in [0, 1)")
+  if cfg.warmup_steps < 0:
+    bad("warmup_steps", cfg.warmup_steps, ">= 0")
+  if cfg.decay_steps and cfg.decay_steps <= cfg.warmup_steps:
+    bad("decay_steps", cfg.decay_steps, f"0 (decay over train.steps) or > optim.warmup_steps="
+        f"{cfg.warmup_steps} (it counts the warmup)")
   for key in ("weight_decay", "clip_norm"):
     if not (np.isfinite(cfg[key]) and cfg[key] >= 0):
       bad(key, cfg[key], ">= 0")

@@ -162,10 +162,13 @@ class Trainer:
                    for k in sorted(compared)
                    if k not in runtime_only and saved_model.get(k) != model.get(k)]
     # A fact metadata() records now but an older checkpoint lacks is not compared (as model
-    # fields count as their defaults); one the checkpoint records is, absent now or not.
+    # fields count as their defaults); one the checkpoint records is, absent now or not. Of a
+    # fact that is a dict, only the entries both record are: a task may stop recording one
+    # that turned out not to matter (an SDE's schedule keys that its kind ignores).
     keys = set(saved) if same_task else (set(saved) & set(current)) - {"task"}
     differences += [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
-                    for k in sorted(keys) if k != "model" and saved.get(k) != current.get(k)]
+                    for k in sorted(keys)
+                    if k != "model" and not _same_fact(saved.get(k), current.get(k))]
     if differences:
       raise UserError(f"checkpoint {where} was written by a different model: "
                       + "; ".join(differences[:3]))
@@ -277,6 +280,10 @@ class Trainer:
     """Settings only training reads (evaluating or sampling a run never fails on them)."""
     if self.config.train.log_every < 1:
       raise UserError(f"config.train.log_every={self.config.train.log_every} must be >= 1")
+    for section in ("eval", "sample"):
+      every = self.config[section].every
+      if every < 0:
+        raise UserError(f"config.{section}.every={every} must be >= 0 (0: only at the end)")
     self._check_ema_precision()
     accum = self.config.train.grad_accum_steps
     mismatch = self.task.microbatch_mismatch() if accum > 1 else ""
@@ -450,6 +457,13 @@ class Trainer:
       write(f"--- sample {i} ---\n{text}")
     for path in samples.get("image_files", []):
       write(f"wrote {path}")
+
+
+def _same_fact(saved, current) -> bool:
+  """Checkpoint metadata `saved` agrees with `current`; dicts on the entries both hold."""
+  if isinstance(saved, dict) and isinstance(current, dict):
+    return all(saved[k] == current[k] for k in saved.keys() & current.keys())
+  return saved == current
 
 
 def _merge_trees(base: dict, update: dict) -> dict:

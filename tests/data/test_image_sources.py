@@ -32,6 +32,22 @@ def _config(**overrides):
   return config
 
 
+@pytest.mark.parametrize("key,source", [
+    ("folder", "digits"), ("folder", "tfds"), ("tfds_data_dir", "digits"),
+    ("tfds_name", "scenes"), ("tfds_image_key", "folder"), ("tfds_label_key", "digits"),
+    ("tfds_caption_key", "scenes"),
+])
+def test_a_key_only_another_source_reads_is_refused_not_ignored(key, source):
+  """data.folder with the digits source used to train on the digits, silently."""
+  owner = "folder" if key == "folder" else "tfds"
+  for load in (lambda c: image_sources.load_image_dataset(c, "train"),
+               lambda c: image_sources.scenes_attribute_labels(c, "train")):
+    with pytest.raises(UserError) as excinfo:
+      load(_config(source=source, **{key: "x"}))
+    assert_one_line_error(excinfo, f"config.data.{key}='x'", f"config.data.source={source!r}",
+                          f"--config.data.source={owner}")
+
+
 # ---------------------------------------------------------------------------- preprocessing
 def test_to_unit_range_maps_the_uint8_endpoints_to_plus_minus_one():
   values = image_preprocess.to_unit_range(np.array([0, 1, 254, 255], np.uint8))

@@ -62,6 +62,15 @@ def test_sst2_variant_uses_validation_as_heldout(tmp_path):
   assert splits.num_classes == 2
 
 
+def test_tfds_data_dir_without_the_tfds_source_is_refused_not_ignored(tmp_path):
+  config = config_lib.load_config(os.path.join(REPO, "configs/gpt_sft.py"),
+                                  {"data.tfds_data_dir": str(tmp_path)})
+  with pytest.raises(UserError) as excinfo:
+    labelled_text.load_labelled_splits(config.data)
+  assert_one_line_error(excinfo, f"config.data.tfds_data_dir={str(tmp_path)!r}",
+                        "config.data.source='embedded'", "data=imdb")
+
+
 def test_tfds_not_prepared_fails_fast_in_one_line(tmp_path):
   start = time.monotonic()
   with pytest.raises(UserError) as excinfo:

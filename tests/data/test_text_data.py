@@ -36,6 +36,21 @@ def test_file_source_and_its_errors(tmp_path):
     text_sources.load_text_splits(data_config(source="nope"))
 
 
+@pytest.mark.parametrize("key,value,source,owner", [
+    ("path", "corpus.txt", "embedded", "file"),
+    ("path", "corpus.txt", "tfds", "file"),
+    ("tfds_data_dir", "/data/tfds", "embedded", "tfds"),
+    ("tfds_data_dir", "/data/tfds", "file", "tfds"),
+])
+def test_a_key_only_another_source_reads_is_refused_not_ignored(key, value, source, owner):
+  """data.path without the file source used to train on the embedded corpus, silently."""
+  with pytest.raises(UserError) as excinfo:
+    text_sources.load_text_splits(data_config(**{"source": source, "path": "",
+                                                 "tfds_data_dir": "", key: value}))
+  assert_one_line_error(excinfo, f"config.data.{key}={value!r}",
+                        f"config.data.source={source!r}", f"--config.data.source={owner}")
+
+
 def test_char_tokenizer_round_trips_and_reloads(tmp_path):
   tokenizer = tokenizers.fit(data_config(), "hello world", "!")
   assert tokenizer.vocab_size == len(set("hello world!"))

@@ -61,6 +61,7 @@ def test_alternating_pattern_gives_dense_and_local_layers():
 
 @pytest.mark.parametrize("pattern,window,message", [
     ("alternating", 0, "set config.model.local_window"),
+    ("dense", 4, "config.model.local_window=4 has no effect"),
     ("dense,local", 4, "4 comma-separated"),
     ("sparse", 4, "expected dense, local, alternating"),
 ])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import REPO, SHORT_RUN_OVERRIDES, load_test_config
+from conftest import REPO, SHORT_RUN_OVERRIDES, assert_one_line_error, load_test_config
 from genvis import config_lib
 from genvis.errors import UserError
 from genvis.models import vit
@@ -139,6 +139,17 @@ def test_layer_depths_run_from_the_embeddings_to_the_head(scan_layers):
   blocks = {d if isinstance(d, int) else tuple(d) for n, d in depths.items()
             if "/blocks/" in n}
   assert blocks == ({(1, 2, 3)} if scan_layers else {1, 2, 3})
+
+
+@pytest.mark.parametrize("arg", ["data=digits,recipe=finetune",
+                                 "data=digits,size=B/16,recipe=finetune"])
+def test_the_finetune_recipe_without_init_from_is_refused(arg):
+  """It used to train random weights with the fine-tuning recipe, silently."""
+  config = vit_config(arg)
+  with pytest.raises(UserError) as excinfo:
+    classify.ClassificationTask(config, None)
+  assert_one_line_error(excinfo, f"config.optim.layer_decay={config.optim.layer_decay}",
+                        "config.init_from is empty", "recipe=scratch")
 
 
 def test_config_mistakes_are_one_line_errors(tmp_path):

@@ -1,15 +1,18 @@
 """The language-modelling task: its checks before compiling, its tokenizer and metadata, and
 the context it samples in."""
 
+import os
+
 import flax.linen as nn
 import jax
 import pytest
 
-from conftest import assert_one_line_error, tiny_config
+from conftest import REPO, assert_one_line_error, tiny_config
 from genvis import config_lib
 from genvis.convert import lm_workdir
 from genvis.data import tokenizers
 from genvis.errors import UserError
+from genvis.tasks import lm
 from genvis.tasks.lm import LanguageModelTask
 from genvis.train.trainer import Trainer
 
@@ -49,6 +52,36 @@ def test_init_from_text_with_characters_the_source_lacks_is_one_line(tmp_path):
                         f"config.data.path='{tmp_path / 'z.txt'}'", "config.init_from")
 
 
+@pytest.mark.parametrize("spec,vocab", [("gpt_lm.py:size=gpt2,tok=bpe", 50257),
+                                        ("gpt_lm.py:size=gpt1,tok=bpe", 40478),
+                                        ("gpt_sft.py:size=gpt2,tok=bpe", 50257),
+                                        ("gpt_lm.py:size=tiny,tok=bpe", 0)])
+def test_a_published_size_fits_a_bpe_with_as_many_tokens_as_its_embedding_has_rows(spec, vocab):
+  config = config_lib.load_config(os.path.join(REPO, "configs", spec))
+  assert config.model.vocab_size == vocab
+  assert config.data.bpe_vocab_size == (vocab or 4096)  # tiny: the tokenizer sizes the model
+
+
+def test_a_vocab_beyond_padding_of_a_bpe_fitted_here_is_refused(tmp_path):
+  bpe = dict(data__tokenizer="bpe", data__bpe_vocab_size=300)
+  fitted = LanguageModelTask(tiny_config(**bpe), str(tmp_path)).tokenizer.vocab_size
+  padded = fitted + lm.MAX_PADDING_ROWS - 1  # e.g. nanoGPT's 50257 -> 50304
+  task = LanguageModelTask(tiny_config(**bpe, model__vocab_size=padded), None)
+  assert task.model_config.vocab_size == padded
+  with pytest.raises(UserError) as excinfo:
+    LanguageModelTask(tiny_config(**bpe, model__vocab_size=padded + 1), None)
+  assert_one_line_error(excinfo, f"config.model.vocab_size={padded + 1}",
+                        f"has {fitted} tokens", "config.model.vocab_size=0",
+                        "raise config.data.bpe_vocab_size=300")
+  # A workdir's own tokenizer (a resume; an imported GPT-2 written by genvis.convert) comes
+  # with weights whose rows it already fixes: not refused.
+  resumed = LanguageModelTask(tiny_config(**bpe, model__vocab_size=fitted + 1000),
+                              str(tmp_path))
+  assert resumed.model_config.vocab_size == fitted + 1000
+  # Nor is a character tokenizer, whose size is the text's alphabet (gpu_gpt2.py's smoke run).
+  assert LanguageModelTask(tiny_config(model__vocab_size=512), None).tokenizer.vocab_size < 384
+
+
 @pytest.fixture(scope="module", name="trainer")
 def fixture_trainer(tmp_path_factory):
   return Trainer(tiny_config(), str(tmp_path_factory.mktemp("lm")))
@@ -76,6 +109,8 @@ def test_a_checkpoint_older_than_the_tokenizer_fingerprint_is_accepted(trainer):
 @pytest.mark.parametrize("overrides,fragments", [
     ({"sample__top_p": 0.0}, ["config.sample.top_p=0.0"]),
     ({"sample__top_p": 1.5}, ["config.sample.top_p=1.5"]),
+    ({"sample__temperature": -0.5}, ["config.sample.temperature=-0.5 must be >= 0"]),
+    ({"sample__top_k": -1}, ["config.sample.top_k=-1 must be >= 0"]),
     ({"sample__prompt": "x" * 20}, ["config.sample.prompt: ", "20 tokens, longer",
                                     "(model.max_len=16)"]),
     ({"sample__prompt": "x" * 6, "data__seq_len": 4},

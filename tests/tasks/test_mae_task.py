@@ -18,6 +18,7 @@ import pytest
 
 from conftest import SHORT_RUN_OVERRIDES, load_test_config, short_run
 from genvis.errors import UserError
+from genvis.models import mae
 from genvis.tasks import mae as mae_task
 
 OVERRIDES = {
@@ -184,6 +185,19 @@ def test_features_are_pooled_whatever_the_chunking(task, params):
   assert features.shape == (5, 16)
   np.testing.assert_allclose(features, task.features(params, images, batch_size=8),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_probe_features_pool_as_config_model_pooling_says(task, params):
+  """MAETask.features averaged the patch tokens whatever model.pooling said."""
+  assert task.model_config.pooling == "mean"  # configs/mae.py: what the recorded probes used
+  cls_task = mae_task.MAETask(mae_config(model__pooling="cls"), None)
+  images = task.test_set.images[:5]
+  tokens = np.asarray(mae.mae_encoder_features(task.model, params, images, pooled=False))
+  mean_features = task.features(params, images)
+  cls_features = cls_task.features(params, images)  # pooling has no parameters of its own
+  np.testing.assert_allclose(mean_features, tokens[:, 1:].mean(axis=1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cls_features, tokens[:, 0], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(cls_features, mean_features, atol=1e-3)
 
 
 def test_config_mistakes_are_one_line_errors():

@@ -102,6 +102,46 @@ def test_toy_run_reports_losses_likelihood_and_pictures(toy_run):
   assert trainer.task.flops_per_step(0) > 0
 
 
+def test_a_resume_compares_only_the_schedule_keys_the_sde_reads(toy_run, tmp_path):
+  workdir, _, trainer = toy_run
+  facts = trainer.task.metadata()["sde"]
+  assert dict(facts) == {"kind": "vpsde", "beta_min": 0.1, "beta_max": 20.0}
+  assert int(Trainer(sde_config(sde__sigma_max=99.0), workdir).restore_latest().step) == 3
+  with pytest.raises(UserError) as excinfo:  # a key VP reads
+    Trainer(sde_config(sde__beta_max=10.0), workdir).restore_latest()
+  assert_one_line_error(excinfo, "sde=", "'beta_max': 20.0", "'beta_max': 10.0")
+  # A checkpoint written before recorded every schedule key, whatever the SDE: it resumes,
+  # with the ignored ones changed since too.
+  older = {**trainer.task.metadata(), "sde": {"kind": "vpsde", "sigma_min": 0.01,
+                                              "sigma_max": 6.0, "beta_min": 0.1,
+                                              "beta_max": 20.0}}
+  writer = Trainer(sde_config(), str(tmp_path))
+  writer.checkpointer.save(3, trainer.restore_latest(), older)
+  writer.checkpointer.wait()
+  writer.checkpointer.close()
+  for overrides in ({}, {"sde__sigma_max": 99.0}):
+    resumed = Trainer(sde_config(**overrides), str(tmp_path)).restore_latest()
+    assert int(resumed.step) == 3
+
+
+def test_guidance_without_a_classifier_is_refused_not_ignored():
+  with pytest.raises(UserError) as excinfo:
+    sde_task.ScoreSDETask(sde_config(sde__classifier=False, sample__guidance_scale=4.0), None)
+  assert_one_line_error(excinfo, "config.sample.guidance_scale=4.0",
+                        "config.sde.classifier=False")
+  config = sde_config(sample__guidance_scale=4.0)  # with the classifier: what it is for
+  assert sde_task.ScoreSDETask(config, None).use_classifier
+
+
+def test_num_scales_is_gone_and_an_old_config_json_holding_it_still_builds():
+  """sde.num_scales changed nothing the task computes (it has no discrete-time part)."""
+  config = sde_config()
+  assert "num_scales" not in config.sde
+  with config.unlocked():
+    config.sde.num_scales = 1000  # as workdir/config.json of a run from before records it
+  assert sde_task.ScoreSDETask(config, None).sde.num_scales == 1000
+
+
 def test_digits_sample_inpainting_and_trajectory_pngs(digits, tmp_path):
   task, params = digits
   pictures = task.sample(params, jax.random.key(0))["images"]

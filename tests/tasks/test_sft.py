@@ -259,6 +259,14 @@ def test_init_from_without_a_checkpoint_or_tokenizer_is_a_user_error(tmp_path):
     SupervisedFineTuningTask(sft_config(init_from=str(tmp_path)), None)
 
 
+def test_a_vocab_beyond_padding_of_a_bpe_fitted_here_is_refused():
+  with pytest.raises(UserError) as excinfo:
+    SupervisedFineTuningTask(sft_config(data__tokenizer="bpe", data__bpe_vocab_size=300,
+                                        model__vocab_size=50257), None)
+  assert_one_line_error(excinfo, "config.model.vocab_size=50257", "embedding rows would never "
+                        "be trained", "config.model.vocab_size=0")
+
+
 def test_characters_outside_the_pretrained_vocabulary_are_dropped(initialised):
   task = initialised[0].task
   (ids,) = task._encode(["a\u2603b"])  # pylint: disable=protected-access

@@ -151,8 +151,9 @@ def test_layer_decay_scales_each_update_by_its_depth():
 
 @pytest.mark.parametrize("key, value", [
     ("eps", 0.0), ("b1", 1.0), ("b2", 1.0), ("b2", -0.5), ("lr", 0.0), ("lr", float("nan")),
-    ("min_lr", 1e-2), ("weight_decay", -0.1), ("clip_norm", float("inf"))])
-def test_settings_that_could_make_the_update_non_finite_are_refused(key, value):
+    ("min_lr", 1e-2), ("weight_decay", -0.1), ("clip_norm", float("inf")),
+    ("warmup_steps", -1), ("decay_steps", 10), ("decay_steps", -5)])
+def test_out_of_range_optimizer_settings_are_refused_by_name(key, value):
   with pytest.raises(UserError, match=rf"^config\.optim\.{key}={value} must be"):
     optimizer.make_optimizer(optim_config(**{key: value}), 10)
 

@@ -175,6 +175,8 @@ def test_bad_checkpoint_settings_are_named_before_anything_is_written(tmp_path, 
       "config.model.param_dtype=float32")),
     (dict(train__grad_accum_steps=3), ("config.train.grad_accum_steps=3 must divide",)),
     (dict(train__log_every=0), ("config.train.log_every=0 must be >= 1",)),
+    (dict(eval__every=-1), ("config.eval.every=-1 must be >= 0",)),
+    (dict(sample__every=-5), ("config.sample.every=-5 must be >= 0",)),
 ])
 def test_bad_train_settings_are_named_before_the_workdir_changes(tmp_path, overrides,
                                                                  fragments):

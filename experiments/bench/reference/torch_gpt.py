@@ -174,22 +174,33 @@ def measure_peak_flops(n=2048, reps=10):
 
 
 @torch.no_grad()
-def estimate_val_loss(model, data, rng, c):
+def val_batch_losses(model, data, rng, c) -> np.ndarray:
+  """The loss of each of `eval_iters` random validation batches."""
   model.eval()  # dropout off, as in nanoGPT's estimate_loss
   losses = [model(*get_batch(data, rng, c['batch_size'], c['block_size'])).item()
             for _ in range(c['eval_iters'])]
   model.train()
-  return float(np.mean(losses))
+  return np.asarray(losses)
+
+
+def spread_of_20_batch_means(losses: np.ndarray) -> dict:
+  """How far an estimate from 20 batches (nanoGPT's README CPU command, --eval_iters=20)
+  strays: the std and range of the means of consecutive groups of 20."""
+  means = losses[:len(losses) // 20 * 20].reshape(-1, 20).mean(axis=1)
+  return {'val_loss_20_batch_std': float(means.std()), 'val_loss_20_batch_min':
+          float(means.min()), 'val_loss_20_batch_max': float(means.max())}
 
 
 def run(config_name: str, data_path: str, *, seed: int = 1337,
         peak_flops: float | None = None, max_iters: int | None = None,
-        log=print, pause=None, chunk: int = 0) -> dict:
+        eval_iters: int | None = None, log=print, pause=None, chunk: int = 0) -> dict:
   """Trains and times; `pause(seconds or None)`, when given, is called before the first
   timed iteration and after every `chunk` timed ones but the last."""
   c = dict(CONFIGS[config_name])
   if max_iters is not None:
     c['max_iters'] = max_iters
+  if eval_iters is not None:
+    c['eval_iters'] = eval_iters
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(seed)
   rng = np.random.default_rng(seed)
@@ -226,13 +237,18 @@ def run(config_name: str, data_path: str, *, seed: int = 1337,
       log(f'iter {it}: loss {loss.item():.4f}, {dt * 1000:.1f} ms')
 
   s_per_it = float(np.mean(timed))
-  val_loss = None if c['timed_only'] else estimate_val_loss(model, val, rng, c)
+  val_metrics = {'val_loss': None}
+  if not c['timed_only']:
+    losses = val_batch_losses(model, val, rng, c)
+    val_metrics['val_loss'] = float(losses.mean())
+    if len(losses) >= 40:
+      val_metrics.update(spread_of_20_batch_means(losses))
   if peak_flops is None:
     peak_flops = measure_peak_flops()
   L, d = c['n_layer'], c['n_embd']
   flops_per_token = 6 * model.num_params() + 12 * L * d * T
   mfu = flops_per_token * B * T / s_per_it / peak_flops
-  return {'config': config_name, 'val_loss': val_loss,
+  return {'config': config_name, **val_metrics,
           'it_per_s': 1.0 / s_per_it, 's_per_it': s_per_it, 'mfu': mfu,
           'params': model.num_params(), 'iters': total,
           # Median is robust to stalls from other tenants on a shared host.
@@ -245,6 +261,9 @@ def main():
   p.add_argument('--config', default='tiny', choices=sorted(CONFIGS))
   p.add_argument('--max-iters', type=int, default=None)
   p.add_argument('--seed', type=int, default=1337)
+  p.add_argument('--eval-iters', type=int, default=None,
+                 help='validation batches (default 200); from 40 on, the output also gives '
+                      'the spread of 20-batch estimates')
   p.add_argument('--peak-flops', type=float, default=None,
                  help='for the MFU (default: measured here)')
   p.add_argument('--interleave', type=int, default=0,
@@ -257,7 +276,7 @@ def main():
       sys.exit('stdin closed while paused')
 
   out = run(a.config, a.data, seed=a.seed, peak_flops=a.peak_flops,
-            max_iters=a.max_iters, pause=pause if a.interleave else None,
+            max_iters=a.max_iters, eval_iters=a.eval_iters, pause=pause if a.interleave else None,
             chunk=a.interleave)
   print(json.dumps(out), flush=True)
 
