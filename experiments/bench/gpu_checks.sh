@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one go (one GPU, a few minutes; logs under $OUT):
-#   1. the GPU-only tests (cuDNN attention against XLA's) and the step, embedding and GPT
+#   1. the GPU-only tests (cuDNN attention against XLA's) and the step, embedding, logits and GPT
 #      tests, on the GPU;
 #   2. GPT-2 124M training throughput and MFU (gpu_gpt2.py), then the PyTorch reference
 #      (torch.compile, bf16 autocast, flash attention) on the same GPU;
@@ -33,8 +33,8 @@ $PY -c "import jax, flax, optax, orbax.checkpoint as o, chex, torch; print('jax'
 torch.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 
 step tests env JAX_PLATFORMS=cuda $PY -m pytest -q -p no:cacheprovider \
-  tests/nn/test_cudnn_attention.py tests/nn/test_token_embedding.py tests/train/test_step.py \
-  tests/models/test_gpt.py
+  tests/nn/test_cudnn_attention.py tests/nn/test_token_embedding.py tests/nn/test_float32_logits.py \
+  tests/train/test_step.py tests/models/test_gpt.py
 step gpt2 $PY experiments/bench/gpu_gpt2.py
 step torch_gpt2 $PY experiments/bench/reference/torch_gpt2_gpu.py
 step sde_ddpmpp $PY experiments/bench/sde_sampling.py --variant ddpmpp-cifar10 \
