@@ -29,17 +29,15 @@ from genvis.data import digit_captions
 from genvis.data import digits as digits_lib
 from genvis.data import image_preprocess
 from genvis.data import scenes as scenes_lib
+from genvis.data import source_keys
 from genvis.errors import UserError
 
 SOURCES = ("digits", "scenes", "tfds", "folder")
-# Keys that only one source reads, whose default "" means "not set": set for another source,
-# such a key would be ignored without a word (a folder of photos never read, the digits
-# trained instead).
-SOURCE_ONLY_KEYS = {"folder": "folder", "tfds_name": "tfds", "tfds_data_dir": "tfds",
-                    "tfds_image_key": "tfds", "tfds_label_key": "tfds",
-                    "tfds_caption_key": "tfds"}
-_SOURCE_VARIANTS = {"folder": "the data=folder variant", "tfds": "a tfds data variant "
-                    "(data=mnist, cifar10, ...)"}
+# Keys only one source reads (genvis/data/source_keys.py).
+_TFDS = ("tfds", "a tfds data variant (data=mnist, cifar10, ...)")
+SOURCE_ONLY_KEYS = {"folder": ("folder", "the data=folder variant"), "tfds_name": _TFDS,
+                    "tfds_data_dir": _TFDS, "tfds_image_key": _TFDS, "tfds_label_key": _TFDS,
+                    "tfds_caption_key": _TFDS}
 
 # The scenes "test" split continues the training sequence (seed, "train") from this index, so
 # it has the training distribution, never shares an image with any training set of fewer
@@ -235,12 +233,7 @@ def _settings(data_config) -> dict:
       kind = {bool: "a bool", int: "a non-negative int", float: "a number",
               str: "a string"}[type(default)]
       raise UserError(f"config.data.{key}={value!r}: expected {kind}")
-  for key, owner in SOURCE_ONLY_KEYS.items():
-    if settings[key] and settings["source"] != owner:
-      raise UserError(f"config.data.{key}={settings[key]!r} is read only by the {owner!r} "
-                      f"source, but config.data.source={settings['source']!r}: pick it with "
-                      f"{_SOURCE_VARIANTS[owner]} or --config.data.source={owner}, or leave "
-                      f"config.data.{key} empty")
+  source_keys.check(settings, SOURCE_ONLY_KEYS)
   if settings["channels"] not in image_preprocess.CHANNEL_CHOICES:
     raise UserError(f"config.data.channels={settings['channels']!r}: expected 0 (as the data "
                     "is), 1 (grey) or 3 (RGB)")

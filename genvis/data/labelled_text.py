@@ -19,7 +19,7 @@ import hashlib
 
 import numpy as np
 
-from genvis.data import tfds_text
+from genvis.data import source_keys, tfds_text
 from genvis.errors import UserError
 
 # Examples per tf.data batch when reading a tfds split (the per-example loop stays in tf.data).
@@ -49,12 +49,8 @@ class LabelledSplits:
 
 def load_labelled_splits(data_config) -> LabelledSplits:
   """The labelled splits that `config.data` names."""
-  # Only tfds reads it; set for the embedded source it would be ignored without a word.
-  if data_config.tfds_data_dir and data_config.source != "tfds":
-    raise UserError(f"config.data.tfds_data_dir={data_config.tfds_data_dir!r} is read only by "
-                    f"the 'tfds' source, but config.data.source={data_config.source!r}: pick it "
-                    "with the data=imdb or data=sst2 variant, or leave config.data.tfds_data_dir "
-                    "empty")
+  source_keys.check(data_config,
+                    {"tfds_data_dir": ("tfds", "the data=imdb or data=sst2 variant")})
   if data_config.source == "embedded":
     return embedded_doc_topics(data_config.heldout_fraction, data_config.min_chars)
   if data_config.source == "tfds":

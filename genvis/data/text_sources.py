@@ -17,12 +17,12 @@ their own splits.
 
 import os
 
+from genvis.data import source_keys
 from genvis.errors import UserError
 
-# Keys that only one source reads, whose default "" means "not set": (that source, the
-# configs/gpt_lm.py variant that picks it). Set for another source, such a key would be
-# ignored without a word, e.g. a run meant for a file trained on the embedded corpus.
-SOURCE_ONLY_KEYS = {"path": ("file", "data=file"), "tfds_data_dir": ("tfds", "data=shakespeare")}
+# Keys only one source reads (genvis/data/source_keys.py).
+SOURCE_ONLY_KEYS = {"path": ("file", "the data=file variant"),
+                    "tfds_data_dir": ("tfds", "the data=shakespeare variant")}
 
 
 def embedded_corpus() -> str:
@@ -54,7 +54,7 @@ def split_by_position(text: str, val_fraction: float) -> tuple[str, str]:
 def load_text_splits(data_config) -> tuple[str, str]:
   """(train_text, val_text) for `config.data`."""
   source = data_config.source
-  check_source_only_keys(data_config)
+  source_keys.check(data_config, SOURCE_ONLY_KEYS)
   if source == "embedded":
     return split_by_position(embedded_corpus(), data_config.val_fraction)
   if source == "file":
@@ -73,13 +73,3 @@ def load_text_splits(data_config) -> tuple[str, str]:
   raise UserError(f"config.data.source={source!r}: expected 'embedded', 'file', 'tfds' or "
                   "'icl'")
 
-
-def check_source_only_keys(data_config):
-  """A key of SOURCE_ONLY_KEYS that is set must belong to `config.data.source`."""
-  source = data_config.source
-  for key, (owner, variant) in SOURCE_ONLY_KEYS.items():
-    value = data_config.get(key, "")  # .get: the ICL configs have neither key
-    if value and source != owner:
-      raise UserError(f"config.data.{key}={value!r} is read only by the {owner!r} source, but "
-                      f"config.data.source={source!r}: pick it with the {variant} variant or "
-                      f"--config.data.source={owner}, or leave config.data.{key} empty")
