@@ -196,9 +196,12 @@ def load(path: str):
   return BPETokenizer(Tokenizer.from_file(path))
 
 
-def saved_in(workdir: str | None) -> bool:
-  """Whether `workdir` holds a tokenizer, which `fit_or_load` reloads instead of fitting."""
-  return bool(workdir) and os.path.exists(os.path.join(workdir, FILENAME))
+def fitted_by_this_run(config, workdir: str | None) -> bool:
+  """Whether the run's tokenizer is fitted now: not `fit_or_load`'s reload of the workdir's
+  (a resume, an imported checkpoint's workdir), nor config.init_from's. Ask before fitting:
+  the fit saves it to the workdir."""
+  return not config.init_from and not (
+      workdir and os.path.exists(os.path.join(workdir, FILENAME)))
 
 
 def fit_or_load(data_config, train_text: str, val_text: str, workdir: str | None,

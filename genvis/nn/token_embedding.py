@@ -32,6 +32,4 @@ class TokenEmbed(nn.Embed):
   def attend(self, query):
     """Logits [..., vocab] in float32: the inner products of `query` with every row."""
     query, embedding = self.promote_dtype(query, self.embedding, dtype=self.dtype)
-    if query.dtype == jnp.float32:
-      return jnp.dot(query, embedding.T)
     return float32_logits.dot_general(query, embedding, (((query.ndim - 1,), (1,)), ((), ())))

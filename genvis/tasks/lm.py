@@ -26,8 +26,7 @@ class LanguageModelTask(Task):
                       "random validation windows; give a number of batches")
     train_text, val_text = text_sources.load_text_splits(config.data)
     write = process_index == 0
-    # Fitted now, not reloaded: a resume or an imported workdir keeps the tokenizer it has.
-    fitted = not config.init_from and not tokenizers.saved_in(workdir)
+    fitted = tokenizers.fitted_by_this_run(config, workdir)
     if config.init_from:  # continued pre-training: the ids its weights were trained on
       self.tokenizer = tokenizers.load_for_init_from(
           config.data, config.init_from, workdir, write=write, cover=(train_text, val_text))

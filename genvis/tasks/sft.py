@@ -50,7 +50,7 @@ class SupervisedFineTuningTask(Task):
     if self.lm_loss_weight < 0:
       raise UserError(f"config.sft.lm_loss_weight={self.lm_loss_weight} must be >= 0")
     self.splits = labelled_text.load_labelled_splits(config.data)
-    fitted = not config.init_from and not tokenizers.saved_in(workdir)  # see tasks/lm.py
+    fitted = tokenizers.fitted_by_this_run(config, workdir)
     self.tokenizer = self._tokenizer(config, workdir, write=process_index == 0)
     self.model_config = resolve_model_config(config, self.tokenizer, fitted=fitted)
     self.model = GPTClassifier(self.model_config, num_classes=self.splits.num_classes)
